@@ -1,0 +1,131 @@
+"""Event envelope, topic names and in-process publish/subscribe (DESIGN §7).
+
+Every event is plain JSON on the wire: ``{"topic", "msg_src", "timestamp", "seq", ...payload}``.
+The sequence number increases by one per event of a bus and starts from the bus's creation time
+in microseconds, so numbers keep increasing across a restart of the process that owns the bus
+(SSE ``Last-Event-ID`` relies on that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpickle
+
+LOGGER = logging.getLogger(__name__)
+
+# Topic names kept from the original OET.
+PROCEDURE_CREATED = "procedure.lifecycle.created"
+PROCEDURE_STATECHANGE = "procedure.lifecycle.statechange"
+PROCEDURE_STACKTRACE = "procedure.lifecycle.stacktrace"
+PROCEDURE_STARTED = "procedure.lifecycle.started"
+PROCEDURE_STOPPED = "procedure.lifecycle.stopped"
+PROCEDURE_FAILED = "procedure.lifecycle.failed"
+PROCEDURE_COMPLETE = "procedure.lifecycle.complete"
+USER_SCRIPT_ANNOUNCE = "user.script.announce"
+SCRIPT_LOG = "script.log"
+SCRIPT_STDOUT = "script.stdout"
+ACTIVITY_PREFIX = "activity.lifecycle."
+
+
+def _render_unjsonable(obj: Any) -> Any:
+    """Readable, non-reversible rendering of what JSON cannot hold (never decoded back)."""
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False))
+
+
+def dumps(data: Any) -> str:
+    """The one JSON encoder shared by engine, device, gateway and CLI."""
+    return json.dumps(data, default=_render_unjsonable, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Event:
+    topic: str
+    msg_src: str
+    timestamp: float
+    seq: int
+    payload: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.payload,
+            "topic": self.topic,
+            "msg_src": self.msg_src,
+            "timestamp": self.timestamp,
+            "seq": self.seq,
+        }
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        payload = {
+            k: v for k, v in data.items() if k not in ("topic", "msg_src", "timestamp", "seq")
+        }
+        return cls(data["topic"], data.get("msg_src", ""), data["timestamp"], data["seq"], payload)
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Subscription:
+    """Handle returned by :meth:`EventBus.subscribe`; ``close()`` ends delivery."""
+
+    def __init__(self, bus: EventBus, callback: Subscriber):
+        self._bus = bus
+        self.callback = callback
+
+    def close(self) -> None:
+        self._bus._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    """Publish/subscribe with a total order.
+
+    Publishing assigns the sequence number and calls every subscriber under one lock, so all
+    subscribers see all events in the same order. Subscribers must therefore be quick (append
+    to a queue, push one Tango event); a subscriber that raises is logged and kept.
+    """
+
+    def __init__(self, first_seq: int | None = None):
+        self._lock = threading.Lock()
+        self._subscribers: tuple[Subscription, ...] = ()
+        self._next_seq = first_seq if first_seq is not None else time.time_ns() // 1000
+
+    def subscribe(self, callback: Subscriber) -> Subscription:
+        subscription = Subscription(self, callback)
+        with self._lock:
+            self._subscribers = (*self._subscribers, subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscription)
+
+    def publish(self, topic: str, msg_src: str, timestamp: float | None = None, **payload: Any) -> Event:
+        with self._lock:
+            event = Event(topic, msg_src, timestamp or time.time(), self._next_seq, payload)
+            self._next_seq += 1
+            for subscription in self._subscribers:
+                try:
+                    subscription.callback(event)
+                except Exception:  # noqa: BLE001 - one bad subscriber must not stop the others
+                    LOGGER.exception("event subscriber %r failed", subscription.callback)
+        return event

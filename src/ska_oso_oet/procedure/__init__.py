@@ -1,0 +1,1 @@
+"""Script execution engine: procedures run in child processes. No Tango, no HTTP."""

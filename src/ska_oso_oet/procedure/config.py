@@ -1,0 +1,89 @@
+"""Engine configuration: one frozen object, built once from defaults < ``OET_*`` environment
+variables < explicit settings (Tango device properties, command-line options)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _default_script_roots() -> tuple[Path, ...]:
+    return (Path("/scripts"), Path.cwd() / "scripts")
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ska-oso-oet"
+
+
+@dataclass(frozen=True)
+class OetConfig:
+    #: Name used as ``msg_src`` of the engine's own events (the Tango device name, say).
+    name: str = "oet"
+    subarray_id: int = 1
+    #: ``file://`` scripts must lie under one of these folders.
+    script_roots: tuple[Path, ...] = field(default_factory=_default_script_roots)
+    #: Script run (with ``init(subarray_id=...)``) after a stop with abort; None disables it.
+    abort_script: str | None = None
+    #: Number of finished procedures kept; active ones are never dropped.
+    history_size: int = 10
+    #: sqlite file holding procedure history; None keeps history in memory only.
+    state_database: Path | None = None
+    environments_dir: Path = field(default_factory=lambda: _default_data_dir() / "envs")
+    git_cache_dir: Path = field(default_factory=lambda: _default_data_dir() / "git")
+    #: Idle worker processes kept ready for default-environment scripts.
+    warm_workers: int = 2
+    #: Time a stopped script has to exit after SIGTERM before its process group gets SIGKILL.
+    stop_grace_seconds: float = 3.0
+    #: Modules the worker fork server imports once, so that scripts importing them load fast.
+    preload_modules: tuple[str, ...] = ("tango", "pubsub")
+
+    def __post_init__(self) -> None:
+        if self.history_size < 1:
+            raise ValueError("history_size must be at least 1")
+        if self.warm_workers < 0:
+            raise ValueError("warm_workers must not be negative")
+        if self.stop_grace_seconds < 0:
+            raise ValueError("stop_grace_seconds must not be negative")
+
+
+#: Setting name -> environment variable. Settings are the field names of OetConfig.
+ENVIRONMENT_VARIABLES = {f.name: "OET_" + f.name.upper() for f in fields(OetConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("script_roots", "preload_modules"):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", os.pathsep).split(os.pathsep) if v.strip()]
+        items = [str(v).strip() for v in value]
+        return tuple(Path(v) for v in items) if name == "script_roots" else tuple(items)
+    if name in ("state_database", "environments_dir", "git_cache_dir"):
+        return Path(value) if value not in (None, "") else None
+    if name in ("history_size", "warm_workers", "subarray_id"):
+        return int(value)
+    if name == "stop_grace_seconds":
+        return float(value)
+    if name == "abort_script":
+        return str(value) if value not in (None, "") else None
+    return value
+
+
+def config_from_sources(
+    settings: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> OetConfig:
+    """Merge defaults, then ``OET_<SETTING>`` variables of ``environ``, then ``settings``.
+
+    ``settings`` keys are :class:`OetConfig` field names; None values count as unset.
+    """
+    merged: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT_VARIABLES.items():
+        if environ and environ.get(variable) not in (None, ""):
+            merged[name] = _coerce(name, environ[variable])
+    for name, value in (settings or {}).items():
+        if name not in ENVIRONMENT_VARIABLES:
+            raise ValueError(f"unknown OET setting {name!r}")
+        if value is not None:
+            merged[name] = _coerce(name, value)
+    return replace(OetConfig(), **merged)
