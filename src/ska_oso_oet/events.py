@@ -119,13 +119,19 @@ class EventBus:
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscription)
 
-    def publish(self, topic: str, msg_src: str, timestamp: float | None = None, **payload: Any) -> Event:
+    def publish(
+        self,
+        topic: str,
+        msg_src: str,
+        payload: Mapping[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> Event:
         with self._lock:
-            event = Event(topic, msg_src, timestamp or time.time(), self._next_seq, payload)
+            event = Event(topic, msg_src, timestamp or time.time(), self._next_seq, payload or {})
             self._next_seq += 1
             for subscription in self._subscribers:
                 try:
                     subscription.callback(event)
-                except Exception:  # noqa: BLE001 - one bad subscriber must not stop the others
+                except Exception:
                     LOGGER.exception("event subscriber %r failed", subscription.callback)
         return event

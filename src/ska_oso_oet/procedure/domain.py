@@ -114,7 +114,11 @@ class GitArgs:
     git_commit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"git_repo": self.git_repo, "git_branch": self.git_branch, "git_commit": self.git_commit}
+        return {
+            "git_repo": self.git_repo,
+            "git_branch": self.git_branch,
+            "git_commit": self.git_commit,
+        }
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,9 @@ def parse_script(data: Any) -> ScriptSpec:
         return FileSystemScript(uri)
     if script_type == "git":
         if not uri.startswith("git://") or len(uri) <= len("git://"):
-            raise InvalidRequest(f"git script URI must look like git://path/in/repo.py, got {uri!r}")
+            raise InvalidRequest(
+                f"git script URI must look like git://path/in/repo.py, got {uri!r}"
+            )
         git_args = data.get("git_args") or {}
         if not isinstance(git_args, Mapping) or not git_args.get("git_repo"):
             raise InvalidRequest("git scripts need git_args.git_repo")
@@ -214,7 +220,11 @@ class PrepareRequest:
             script = parse_script(body["script"])
         elif "script_uri" in body:
             script = parse_script(
-                {k: body[k] for k in ("script_uri", "script_type", "git_args", "create_env") if k in body}
+                {
+                    k: body[k]
+                    for k in ("script_uri", "script_type", "git_args", "create_env")
+                    if k in body
+                }
             )
         else:
             raise InvalidRequest("request body needs 'script' (or 'script_uri')")

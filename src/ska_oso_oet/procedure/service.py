@@ -1,0 +1,499 @@
+"""ScriptExecutionService: prepare, start, stop and list procedures.
+
+Every procedure has one driver thread that owns its worker: it walks the procedure through
+CREATING → IDLE → LOADING → IDLE → [INITIALISING →] READY and then blocks on the worker's
+channel, turning what the worker reports into state changes and events. Commands
+(:meth:`start`, :meth:`stop`) only record the request, send one message or signal, and return:
+a Tango command calling them never waits for a script.
+
+State changes and events are made under one lock, so subscribers see them in the order they
+happened; each change is also written to the store, so history survives a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .. import events as topics
+from ..events import EventBus
+from .config import OetConfig
+from .domain import (
+    FileSystemScript,
+    FunctionArgs,
+    GitScript,
+    PrepareRequest,
+    Procedure,
+    ProcedureState,
+)
+from .errors import EngineUnavailable, InvalidRequest, ProcedureNotFound, StateConflict
+from .launcher import WorkerConnection, WorkerLauncher
+from .store import ProcedureStore
+
+LOGGER = logging.getLogger(__name__)
+State = ProcedureState
+
+_LIFECYCLE_TOPICS = {
+    State.RUNNING: topics.PROCEDURE_STARTED,
+    State.COMPLETE: topics.PROCEDURE_COMPLETE,
+    State.FAILED: topics.PROCEDURE_FAILED,
+    State.STOPPED: topics.PROCEDURE_STOPPED,
+}
+#: How long an automatically started procedure (the abort script) waits for the stopped
+#: procedure to leave RUNNING, beyond the stop grace period.
+_AUTOSTART_MARGIN = 10.0
+
+
+@dataclass(eq=False)
+class _Run:
+    """A procedure plus the runtime facts the service needs to drive it."""
+
+    procedure: Procedure
+    autostart: FunctionArgs | None = None
+    worker: WorkerConnection | None = None
+    worker_started: float | None = None
+    stop_requested: bool = False
+    has_main: bool = False
+    kill_timer: threading.Timer | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> int:
+        return self.procedure.id
+
+    @property
+    def state(self) -> ProcedureState:
+        return self.procedure.state
+
+
+class ScriptExecutionService:
+    """Runs user scripts in child processes; one service per subarray."""
+
+    def __init__(
+        self,
+        config: OetConfig | None = None,
+        launcher: WorkerLauncher | None = None,
+        bus: EventBus | None = None,
+    ):
+        self.config = config or OetConfig()
+        self.events = bus or EventBus()
+        self._owns_launcher = launcher is None
+        self._launcher = launcher or WorkerLauncher(
+            self.config.preload_modules, self.config.warm_workers
+        )
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._runs: dict[int, _Run] = {}
+        self._next_id = 1
+        self._closed = False
+        self._store = ProcedureStore(self.config.state_database)
+        self._recover()
+
+    # -- queries ---------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self._launcher.healthy and not self._closed
+
+    def get(self, procedure_id: int) -> dict[str, Any]:
+        with self._lock:
+            return self._find(procedure_id).procedure.summary()
+
+    def summaries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [run.procedure.summary() for run in self._runs.values()]
+
+    def running_id(self) -> int | None:
+        with self._lock:
+            running = self._running()
+            return running.id if running else None
+
+    def wait_for_state(
+        self, procedure_id: int, states: Iterable[ProcedureState | str], timeout: float
+    ) -> dict[str, Any]:
+        wanted = {State(s) for s in states}
+        with self._lock:
+            run = self._find(procedure_id)
+            if not self._changed.wait_for(lambda: run.state in wanted, timeout):
+                raise TimeoutError(
+                    f"procedure {procedure_id} is {run.state} after {timeout} s, not {sorted(wanted)}"
+                )
+            return run.procedure.summary()
+
+    # -- commands --------------------------------------------------------------------------
+    def prepare(self, request: PrepareRequest) -> dict[str, Any]:
+        """Create a procedure (CREATING) and load it in the background."""
+        self._check_source(request.script)
+        return self._create(request)
+
+    def start(
+        self, procedure_id: int | None = None, main_args: FunctionArgs | None = None
+    ) -> dict[str, Any]:
+        """Call ``main`` of a READY procedure (default: the newest READY one)."""
+        args = main_args or FunctionArgs()
+        with self._lock:
+            if procedure_id is None:
+                ready = [r for r in self._runs.values() if r.state is State.READY]
+                if not ready:
+                    raise StateConflict("no procedure is READY to start")
+                run = ready[-1]
+            else:
+                run = self._find(procedure_id)
+            if run.state is not State.READY or run.stop_requested:
+                raise StateConflict(
+                    f"procedure {run.id} is {run.state}; only a READY procedure can be started"
+                )
+            running = self._running()
+            if running is not None:
+                raise StateConflict(
+                    f"procedure {running.id} is already running on this subarray; "
+                    "stop it before starting another"
+                )
+            assert run.worker is not None
+            run.procedure.script_args["main"] = args
+            self._transition(run, State.RUNNING)
+            summary = run.procedure.summary()
+            worker = run.worker
+        worker.send(
+            {"cmd": "call", "fn": "main", "args": list(args.args), "kwargs": dict(args.kwargs)}
+        )
+        return summary
+
+    def stop(
+        self, procedure_id: int | None = None, run_abort: bool = False
+    ) -> list[dict[str, Any]]:
+        """Stop a procedure (default: the running one); with ``run_abort`` then run the abort
+        script for its subarray as a procedure of its own."""
+        if run_abort and not self.config.abort_script:
+            raise InvalidRequest("no abort script is configured (device property AbortScript)")
+        with self._lock:
+            if procedure_id is None:
+                run = self._running()
+                if run is None:
+                    raise StateConflict("no procedure is running")
+            else:
+                run = self._find(procedure_id)
+            if run.state.is_final:
+                raise StateConflict(f"procedure {run.id} has already finished ({run.state})")
+            first_request = not run.stop_requested
+            run.stop_requested = True
+            worker = run.worker
+            summaries = [run.procedure.summary()]
+            subarray = run.procedure.script_args.get("init", FunctionArgs()).kwargs.get(
+                "subarray_id", self.config.subarray_id
+            )
+        if worker is not None and first_request:
+            self._terminate(run, worker)
+        if run_abort:
+            abort = PrepareRequest(
+                FileSystemScript(self.config.abort_script),
+                init_args=FunctionArgs(kwargs={"subarray_id": subarray}),
+                autostart_args=FunctionArgs(),
+            )
+            summaries.append(self._create(abort))
+        return summaries
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every active procedure (recorded as STOPPED) and release all resources."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            active = [r for r in self._runs.values() if not r.state.is_final]
+            for run in active:
+                run.stop_requested = True
+        for run in active:
+            if run.worker is not None:
+                self._terminate(run, run.worker, grace=min(self.config.stop_grace_seconds, 1.0))
+        with self._lock:
+            self._changed.wait_for(lambda: all(r.state.is_final for r in active), timeout)
+        self._store.close()
+        if self._owns_launcher:
+            self._launcher.close()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _create(self, request: PrepareRequest) -> dict[str, Any]:
+        with self._lock:
+            if self._closed:
+                raise EngineUnavailable("the script execution service is shut down")
+            if not self._launcher.healthy:
+                raise EngineUnavailable("worker processes cannot be started")
+            run = _Run(Procedure.new(self._next_id, request), autostart=request.autostart_args)
+            self._next_id += 1
+            self._runs[run.id] = run
+            summary = run.procedure.summary()
+            self._publish(topics.PROCEDURE_CREATED, run.id, result=summary)
+            self._persist(run)
+        threading.Thread(
+            target=self._drive, args=(run,), name=f"oet-procedure-{run.id}", daemon=True
+        ).start()
+        return summary
+
+    def _drive(self, run: _Run) -> None:
+        worker = None
+        try:
+            self._transition(run, State.IDLE)
+            path, python = self._materialise(run)
+            with self._lock:
+                if run.stop_requested:
+                    self._transition(run, State.STOPPED)
+                    return
+                self._transition(run, State.LOADING)
+            worker = self._launcher.spawn(python)
+            with contextlib.suppress(psutil.Error):
+                run.worker_started = psutil.Process(worker.pid).create_time()
+            with self._lock:
+                run.worker = worker
+                self._persist(run)
+                stopping = run.stop_requested
+            if stopping:
+                worker.signal_group(signal.SIGKILL)
+            else:
+                worker.send({"cmd": "load", "path": path})
+            self._pump(run, worker)
+        except Exception as exc:
+            LOGGER.exception("procedure %d failed in the engine", run.id)
+            self._fail(run, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        finally:
+            if run.kill_timer is not None:
+                run.kill_timer.cancel()
+            if worker is not None:
+                # Nothing of a finished procedure may outlive it, grandchildren included.
+                if worker.group_alive():
+                    worker.signal_group(signal.SIGKILL)
+                worker.close()
+
+    def _pump(self, run: _Run, worker: WorkerConnection) -> None:
+        while (messages := worker.receive()) is not None:
+            for message in messages:
+                self._handle(run, worker, message)
+        code = worker.exit_code()
+        with self._lock:
+            if run.state.is_final:
+                return
+            if run.stop_requested:
+                self._transition(run, State.STOPPED)
+                return
+            state = run.state
+        self._fail(
+            run,
+            f"The script process exited unexpectedly (exit code {code}) while {state}",
+            None,
+        )
+
+    def _handle(self, run: _Run, worker: WorkerConnection, message: dict[str, Any]) -> None:
+        kind = message.get("msg")
+        if kind == "output":
+            self._publish(
+                topics.SCRIPT_STDOUT,
+                run.id,
+                message.get("ts"),
+                stream=message["stream"],
+                line=message["line"],
+            )
+        elif kind == "log":
+            self._publish(
+                topics.SCRIPT_LOG,
+                run.id,
+                message.get("ts"),
+                level=message["level"],
+                logger=message["logger"],
+                message=message["message"],
+            )
+        elif kind == "event":
+            payload = dict(message.get("payload") or {})
+            msg_src = str(payload.pop("msg_src", None) or f"{self.config.name}/procedure/{run.id}")
+            payload["procedure_id"] = run.id
+            self.events.publish(message["topic"], msg_src, payload, message.get("ts"))
+        elif kind == "done":
+            self._on_done(run, worker, message)
+        elif kind == "error":
+            error = message.get("error") or "script failed"
+            self._fail(run, error, message.get("traceback"))
+            worker.close_channel()
+
+    def _on_done(self, run: _Run, worker: WorkerConnection, message: dict[str, Any]) -> None:
+        with self._lock:
+            if run.stop_requested or run.state.is_final:
+                return
+            run.has_main = bool(message.get("has_main", run.has_main))
+            if message["cmd"] == "load":
+                self._transition(run, State.IDLE)
+                if message.get("has_init"):
+                    self._transition(run, State.INITIALISING)
+                    init = run.procedure.script_args.get("init", FunctionArgs())
+                    worker.send(
+                        {
+                            "cmd": "call",
+                            "fn": "init",
+                            "args": list(init.args),
+                            "kwargs": dict(init.kwargs),
+                        }
+                    )
+                    return
+            elif message.get("fn") == "main":
+                self._transition(run, State.COMPLETE)
+                worker.close_channel()
+                return
+            if not run.has_main:
+                self._fail(run, "the script defines no main() function", None)
+                worker.close_channel()
+                return
+            self._transition(run, State.READY)
+        if run.autostart is not None:
+            threading.Thread(target=self._autostart, args=(run,), daemon=True).start()
+
+    def _autostart(self, run: _Run) -> None:
+        timeout = self.config.stop_grace_seconds + _AUTOSTART_MARGIN
+        with self._lock:
+            self._changed.wait_for(lambda: self._running() is None, timeout)
+        try:
+            self.start(run.id, run.autostart)
+        except StateConflict as exc:
+            self._fail(run, f"could not start automatically: {exc}", None)
+            if run.worker is not None:
+                run.worker.close_channel()
+
+    def _terminate(self, run: _Run, worker: WorkerConnection, grace: float | None = None) -> None:
+        grace = self.config.stop_grace_seconds if grace is None else grace
+        worker.signal_group(signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        if grace > 0:
+            timer = threading.Timer(grace, self._kill_if_alive, args=(worker,))
+            timer.daemon = True
+            run.kill_timer = timer
+            timer.start()
+
+    @staticmethod
+    def _kill_if_alive(worker: WorkerConnection) -> None:
+        if not worker.exited:
+            worker.signal_group(signal.SIGKILL)
+
+    def _fail(self, run: _Run, reason: str, stacktrace: str | None) -> None:
+        with self._lock:
+            if run.state.is_final:
+                return
+            run.procedure.stacktrace = stacktrace or reason
+            self._publish(topics.PROCEDURE_STACKTRACE, run.id, stacktrace=run.procedure.stacktrace)
+            self._transition(run, State.FAILED)
+
+    def _transition(self, run: _Run, state: ProcedureState) -> None:
+        with self._lock:
+            previous = run.state
+            run.procedure.record(state)
+            self._publish(
+                topics.PROCEDURE_STATECHANGE,
+                run.id,
+                new_state=str(state),
+                previous_state=str(previous),
+            )
+            if state in _LIFECYCLE_TOPICS:
+                self._publish(_LIFECYCLE_TOPICS[state], run.id, result=run.procedure.summary())
+            self._persist(run)
+            if state.is_final:
+                self._evict()
+            self._changed.notify_all()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _publish(
+        self, topic: str, procedure_id: int, timestamp: float | None = None, **payload: Any
+    ) -> None:
+        self.events.publish(
+            topic, self.config.name, {"procedure_id": procedure_id, **payload}, timestamp
+        )
+
+    def _persist(self, run: _Run) -> None:
+        self._store.save(
+            run.procedure.summary(),
+            active=not run.state.is_final,
+            pid=run.worker.pid if run.worker else None,
+            pid_started=run.worker_started,
+        )
+
+    def _find(self, procedure_id: int) -> _Run:
+        try:
+            return self._runs[int(procedure_id)]
+        except (KeyError, ValueError, TypeError):
+            raise ProcedureNotFound(procedure_id) from None
+
+    def _running(self) -> _Run | None:
+        return next((r for r in self._runs.values() if r.state is State.RUNNING), None)
+
+    def _evict(self) -> None:
+        finished = [r.id for r in self._runs.values() if r.state.is_final]
+        excess = finished[: max(0, len(finished) - self.config.history_size)]
+        for procedure_id in excess:
+            del self._runs[procedure_id]
+        if excess:
+            self._store.delete(excess)
+
+    def _check_source(self, script: FileSystemScript | GitScript) -> None:
+        if isinstance(script, GitScript):
+            raise InvalidRequest("git:// scripts are not supported by this engine yet")
+        path = os.path.realpath(script.path)
+        roots = [os.path.realpath(root) for root in self.config.script_roots]
+        if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
+            raise InvalidRequest(
+                f"script {script.script_uri} is outside the allowed script roots "
+                f"({', '.join(str(r) for r in self.config.script_roots)})"
+            )
+
+    def _materialise(self, run: _Run) -> tuple[str, str | None]:
+        """The script's local path and the interpreter to run it with (None: the default)."""
+        script = run.procedure.script
+        assert isinstance(script, FileSystemScript)
+        return os.path.realpath(script.path), None
+
+    def _recover(self) -> None:
+        """Load stored history; procedures that were active when the previous service died
+        are recorded as FAILED with the reason, and their orphaned processes are killed."""
+        for stored in self._store.load():
+            procedure = Procedure.from_summary(stored.summary)
+            if not procedure.state.is_final:
+                was = procedure.state
+                killed = _reap_orphan(stored.pid, stored.pid_started)
+                procedure.record(State.FAILED)
+                procedure.stacktrace = (
+                    f"The OET service stopped while this procedure was {was}; "
+                    + (
+                        "its orphaned script process was killed."
+                        if killed
+                        else "no script process was left."
+                    )
+                )
+                self._store.save(procedure.summary(), active=False)
+            self._runs[procedure.id] = _Run(procedure)
+            self._next_id = max(self._next_id, procedure.id + 1)
+        self._evict()
+
+
+def _reap_orphan(pid: int | None, started: float | None) -> bool:
+    """Kill the process group of a worker left by a previous service, if it is still ours."""
+    if pid is None or started is None:
+        return False
+    try:
+        leader = psutil.Process(pid)
+        if abs(leader.create_time() - started) > 0.05:
+            return False  # the pid now belongs to another process
+    except psutil.NoSuchProcess:
+        # The leader is gone; members of its group started after it are still its children.
+        members = []
+        for proc in psutil.process_iter(["pid", "create_time"]):
+            with contextlib.suppress(ProcessLookupError, psutil.Error):
+                if os.getpgid(proc.pid) == pid and proc.info["create_time"] >= started:
+                    members.append(proc)
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return bool(members)
+    except psutil.Error:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
