@@ -1,0 +1,5 @@
+"""Defines no main(): preparing it must fail clearly."""
+
+
+def init():
+    pass

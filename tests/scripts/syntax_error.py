@@ -1,0 +1,5 @@
+"""Not valid Python: loading fails."""
+
+
+def main(:
+    pass
