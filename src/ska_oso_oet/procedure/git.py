@@ -1,0 +1,587 @@
+"""Git clone cache: the source tree of a ``git://`` script at one exact commit.
+
+A :class:`GitCache` turns :class:`~ska_oso_oet.procedure.domain.GitArgs` into a
+:class:`Checkout`: a read-only-by-convention tree of the repository at one commit, plus the full
+SHA actually used (which the engine records in the procedure summary). Branch names (and tags)
+are resolved to a commit with ``git ls-remote``, which costs one round trip and no download, so
+preparing a commit that is already in the cache touches the network once (or never, for a full
+SHA).
+
+Layout under ``cache_dir`` (one folder per repository URL)::
+
+    <slug>-<hash>/
+        store.git/          bare object store; fetches accumulate here (shallow where possible)
+        checkouts/<sha>/    plain trees (no .git), one per commit, published by an atomic rename
+        tmp/                trees being written (emptied whenever the lock is taken)
+        lock                file lock serialising fetches and checkouts of this repository
+
+Concurrency: any number of threads and processes (one device server may host several devices,
+and a host may run several servers) can share one ``cache_dir``. Fetches and checkouts of a
+repository run under an exclusive :class:`FileLock` (``flock``, which also works between threads
+because each holder opens its own file description). A checkout becomes visible only by the
+rename of its finished folder, so readers never need the lock and never see a partial tree.
+
+Only the commit needed is fetched: ``git fetch --depth=1 <url> <sha>`` when the server allows
+fetching by SHA (protocol v2 servers, local repositories), else the branch tip, else (for an
+abbreviated SHA or an old commit) the full history of branches and tags.
+
+Repositories must match an allow-list of URL patterns (``fnmatch`` style, ``*`` also matches
+``/``); anything else raises :class:`RepositoryNotAllowed` before any network access.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from git.cmd import Git
+from git.exc import GitCommandError, GitCommandNotFound
+
+from .domain import GitArgs, GitScript
+from .errors import InvalidRequest, OetError
+
+LOGGER = logging.getLogger(__name__)
+
+#: Used when the operator configures nothing: SKA's own script repositories only.
+DEFAULT_ALLOWED_REPOSITORIES: tuple[str, ...] = (
+    "https://gitlab.com/ska-telescope/*",
+    "https://github.com/ska-telescope/*",
+)
+DEFAULT_GIT_TIMEOUT = 120.0
+
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHORT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+class GitError(OetError):
+    """A git script's source could not be prepared; the message says why, for users."""
+
+    code = "OET_GIT_ERROR"
+
+
+class RepositoryNotAllowed(GitError, InvalidRequest):
+    """The repository URL matches none of the configured patterns (a bad request)."""
+
+    code = InvalidRequest.code
+
+
+class RepositoryUnreachable(GitError):
+    """The repository does not exist, or the network or credentials keep git out."""
+
+
+class UnknownRevision(GitError):
+    """The branch, tag or commit does not exist in the repository."""
+
+
+class ScriptNotFound(GitError):
+    """The script path is not a file in the checked-out commit."""
+
+
+class GitTimeout(GitError):
+    """Cloning or fetching took longer than the configured timeout."""
+
+
+# --------------------------------------------------------------------------------------------
+# File locks (also used by the environment cache)
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(str(path), threading.Lock())
+
+
+class FileLock:
+    """An exclusive or shared lock on ``path`` that works between threads and processes.
+
+    ``flock`` locks belong to an open file description, so every holder opens the file itself
+    and conflicting holders exclude each other whether they are threads or processes; the kernel
+    drops the lock if the holder dies. Exclusive waiters in one process queue on a
+    ``threading.Lock`` first (no polling); only waiting for another *process* polls, with a short
+    back-off, which is fine for the rare, slow operations guarded here (fetching, building).
+    """
+
+    def __init__(self, path: Path, shared: bool = False):
+        self.path = Path(path)
+        self.shared = shared
+        self._fd: int | None = None
+        self._thread_lock = None if shared else _thread_lock(self.path)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock; wait at most ``timeout`` seconds (None: forever, 0: try once).
+
+        Returns False when the lock could not be taken in time.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        if self._thread_lock is not None:
+            ok = (
+                self._thread_lock.acquire()
+                if deadline is None
+                else self._thread_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+            )
+            if not ok:
+                return False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except BaseException:
+            if self._thread_lock is not None:
+                self._thread_lock.release()
+            raise
+        mode = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                self._fd = fd
+                return True
+            except BlockingIOError:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    os.close(fd)
+                    if self._thread_lock is not None:
+                        self._thread_lock.release()
+                    return False
+                time.sleep(delay if remaining is None else min(delay, remaining))
+                delay = min(delay * 2, 0.2)
+
+    def release(self) -> None:
+        """Drop the lock (a no-op when it is not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+            if self._thread_lock is not None:
+                self._thread_lock.release()
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------------------------
+# Repository URLs
+
+
+def normalise_repo_url(repo: str) -> str:
+    """The canonical form of a repository location, used for the allow-list and cache keys.
+
+    Absolute paths become ``file://`` URLs, ``file://`` paths are normalised (so ``..`` cannot
+    sneak out of an allowed folder), and trailing slashes go. Relative paths and values that
+    git could read as options are refused.
+    """
+    value = (repo or "").strip()
+    if not value:
+        raise InvalidRequest("git_repo must not be empty")
+    if value.startswith("-") or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise InvalidRequest(f"git_repo {repo!r} is not a repository URL")
+    if value.startswith("/"):
+        value = "file://" + value
+    if value.startswith("file://"):
+        path = urlsplit(value).path
+        if not path.startswith("/"):
+            raise InvalidRequest(f"git_repo {repo!r}: file:// URLs need an absolute path")
+        normalised = os.path.normpath(path)
+        return "file://" + normalised
+    if "://" not in value and not re.match(r"^[\w.-]+@[\w.-]+:", value):
+        raise InvalidRequest(
+            f"git_repo {repo!r} is neither a URL nor an absolute path (relative paths are refused)"
+        )
+    return value.rstrip("/")
+
+
+def _normalise_pattern(pattern: str) -> str:
+    pattern = pattern.strip()
+    if pattern.startswith("/"):
+        pattern = "file://" + pattern
+    return pattern.rstrip("/") if pattern not in ("", "*") else pattern
+
+
+def _repo_dir_name(url: str) -> str:
+    tail = [p for p in re.split(r"[/:]", url) if p][-2:]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(tail)).strip("._-")[:60] or "repo"
+    return f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """One repository at one commit, ready to run a script from."""
+
+    #: Normalised repository URL.
+    repo: str
+    #: Full SHA of the commit checked out (record this as the commit actually used).
+    commit: str
+    #: Root of the checked-out tree (a plain folder, no ``.git``).
+    path: Path
+    #: Branch or tag the commit was resolved from; None when a commit was requested.
+    branch: str | None = None
+    #: Absolute path of the requested script inside :attr:`path`, when one was requested.
+    script: Path | None = None
+    #: True when the tree came from the cache without fetching or writing anything.
+    reused: bool = False
+
+
+class GitCache:
+    """Clone/fetch/checkout cache shared by every device (thread or process) on a host.
+
+    :param cache_dir: root folder of the cache (created when missing)
+    :param allowed_repos: URL patterns (``fnmatch``; absolute paths count as ``file://``
+        URLs); a repository matching none is refused
+    :param timeout: seconds one :meth:`checkout` may spend on git commands and on waiting for
+        another thread or process working on the same repository
+    :param shallow: fetch single commits with ``--depth=1`` where the server allows it
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        allowed_repos: Iterable[str] = DEFAULT_ALLOWED_REPOSITORIES,
+        timeout: float = DEFAULT_GIT_TIMEOUT,
+        shallow: bool = True,
+    ):
+        if timeout <= 0:
+            raise ValueError("git timeout must be positive")
+        self.cache_dir = Path(cache_dir)
+        self.allowed_repos = tuple(_normalise_pattern(p) for p in allowed_repos if p.strip())
+        self.timeout = timeout
+        self.shallow = shallow
+        self._env = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
+        if "GIT_SSH_COMMAND" not in os.environ:
+            self._env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def check_allowed(self, repo: str) -> str:
+        """Return the normalised URL of ``repo``, or raise :class:`RepositoryNotAllowed`.
+
+        Cheap and offline: the engine can call it while validating a prepare request.
+        """
+        try:
+            url = normalise_repo_url(repo)
+        except InvalidRequest as exc:
+            raise RepositoryNotAllowed(str(exc)) from None
+        if not any(fnmatch.fnmatchcase(url, pattern) for pattern in self.allowed_repos):
+            allowed = ", ".join(self.allowed_repos) or "(none configured)"
+            raise RepositoryNotAllowed(
+                f"repository {repo!r} is not allowed; allowed repository patterns: {allowed}"
+            )
+        return url
+
+    def checkout(self, git_args: GitArgs, script: str | None = None) -> Checkout:
+        """Make the tree of ``git_args`` available and return where it is.
+
+        ``git_commit`` (full or at least 7 hex digits) wins over ``git_branch``; with neither,
+        the repository's default branch is used. When ``script`` (a path relative to the
+        repository root) is given it must be a file in that commit.
+
+        :raises RepositoryNotAllowed, RepositoryUnreachable, UnknownRevision, ScriptNotFound,
+            GitTimeout: each with a message fit for the procedure's FAILED reason
+        """
+        url = self.check_allowed(git_args.git_repo)
+        deadline = time.monotonic() + self.timeout
+        repo_dir = self.cache_dir / _repo_dir_name(url)
+        branch: str | None = None
+        commit = (git_args.git_commit or "").strip().lower() or None
+        if commit is not None:
+            if not _SHORT_SHA.match(commit):
+                raise UnknownRevision(
+                    f"git_commit {git_args.git_commit!r} is not a commit SHA "
+                    "(expected 7 to 40 hexadecimal digits)"
+                )
+        else:
+            branch = git_args.git_branch or self._default_branch(url, deadline)
+            commit = self._resolve_ref(url, branch, deadline)
+        if _FULL_SHA.match(commit):
+            final = repo_dir / "checkouts" / commit
+            if final.is_dir():
+                LOGGER.debug("git cache hit for %s at %s", url, commit)
+                return self._result(url, commit, final, branch, script, reused=True)
+        lock = FileLock(repo_dir / "lock")
+        if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise GitTimeout(
+                f"timed out after {self.timeout:g} s waiting for another preparation of {url}"
+            )
+        try:
+            store = self._ensure_store(repo_dir, deadline)
+            full = self._ensure_commit(store, url, commit, branch, deadline)
+            final = repo_dir / "checkouts" / full
+            reused = final.is_dir()
+            if not reused:
+                self._materialise(store, repo_dir, full, final, deadline)
+        finally:
+            lock.release()
+        return self._result(url, full, final, branch, script, reused=reused)
+
+    def checkout_script(self, script: GitScript) -> Checkout:
+        """:meth:`checkout` for a ``git://`` script specification."""
+        return self.checkout(script.git_args, script.path)
+
+    def resolve(self, git_args: GitArgs) -> str:
+        """The full SHA a branch (or the default branch) points at now; no download.
+
+        A full ``git_commit`` is returned as is (whether it exists is checked by
+        :meth:`checkout`).
+        """
+        url = self.check_allowed(git_args.git_repo)
+        deadline = time.monotonic() + self.timeout
+        if git_args.git_commit and _FULL_SHA.match(git_args.git_commit.lower()):
+            return git_args.git_commit.lower()
+        if git_args.git_commit:
+            return self.checkout(git_args).commit
+        branch = git_args.git_branch or self._default_branch(url, deadline)
+        return self._resolve_ref(url, branch, deadline)
+
+    # -- git commands -------------------------------------------------------------------------
+
+    def _git(
+        self,
+        *args: str,
+        deadline: float,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        url: str = "",
+    ) -> str:
+        """Run one git command with what is left of the deadline; return its stdout.
+
+        Raises :class:`GitTimeout` when killed by the deadline and :class:`_GitFailed`
+        (carrying git's stderr) when git fails.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GitTimeout(f"git timed out after {self.timeout:g} s on {url or 'the cache'}")
+        command = [Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args]
+        try:
+            return Git(str(cwd) if cwd else None).execute(
+                command,
+                kill_after_timeout=remaining,
+                env={**self._env, **(env or {})},
+                strip_newline_in_stdout=True,
+            )
+        except GitCommandNotFound as exc:
+            raise GitError(f"the git executable is not available: {exc}") from None
+        except GitCommandError as exc:
+            stderr = _stderr_text(exc)
+            if stderr.startswith("Timeout:") or time.monotonic() >= deadline:
+                raise GitTimeout(
+                    f"git timed out after {self.timeout:g} s on {url or 'the cache'} "
+                    f"(git {args[0]})"
+                ) from None
+            raise _GitFailed(stderr) from None
+
+    def _ls_remote(
+        self, url: str, *patterns: str, deadline: float, options: tuple[str, ...] = ()
+    ) -> list[tuple[str, str]]:
+        try:
+            out = self._git("ls-remote", *options, url, *patterns, deadline=deadline, url=url)
+        except _GitFailed as exc:
+            raise RepositoryUnreachable(f"cannot read repository {url}: {exc.brief}") from None
+        rows = []
+        for line in out.splitlines():
+            left, _, right = line.partition("\t")
+            rows.append((left.strip(), right.strip()))
+        return rows
+
+    def _default_branch(self, url: str, deadline: float) -> str:
+        for left, right in self._ls_remote(url, "HEAD", options=("--symref",), deadline=deadline):
+            if left.startswith("ref:") and right == "HEAD":
+                return left.removeprefix("ref:").strip().removeprefix("refs/heads/")
+        raise UnknownRevision(f"repository {url} has no default branch (is it empty?)")
+
+    def _resolve_ref(self, url: str, branch: str, deadline: float) -> str:
+        if branch.startswith("-") or branch.startswith("refs/"):
+            raise UnknownRevision(f"git_branch {branch!r} is not a branch name")
+        try:
+            self._git("check-ref-format", "--branch", branch, deadline=deadline)
+        except _GitFailed:
+            raise UnknownRevision(f"git_branch {branch!r} is not a valid branch name") from None
+        wanted = (f"refs/heads/{branch}", f"refs/tags/{branch}^{{}}", f"refs/tags/{branch}")
+        rows = dict(
+            (ref, sha) for sha, ref in self._ls_remote(url, *wanted[::2], deadline=deadline)
+        )
+        for ref in wanted:
+            if ref in rows:
+                return rows[ref]
+        heads = [
+            r.removeprefix("refs/heads/")
+            for _, r in self._ls_remote(url, options=("--heads",), deadline=deadline)
+        ]
+        shown = ", ".join(sorted(heads)[:20]) + (", ..." if len(heads) > 20 else "")
+        raise UnknownRevision(
+            f"branch {branch!r} not found in repository {url}; branches: {shown or '(none)'}"
+        )
+
+    # -- store and checkouts (called under the repository lock) ------------------------------
+
+    def _ensure_store(self, repo_dir: Path, deadline: float) -> Path:
+        store = repo_dir / "store.git"
+        tmp_root = repo_dir / "tmp"
+        # Leftovers of a crashed writer: nobody else writes here while we hold the lock.
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        (repo_dir / "checkouts").mkdir(exist_ok=True)
+        if (store / "HEAD").is_file() and (store / "objects").is_dir():
+            return store
+        shutil.rmtree(store, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix="store.", dir=tmp_root))
+        self._git("init", "-q", "--bare", str(tmp), deadline=deadline)
+        for key, value in (("gc.auto", "0"), ("maintenance.auto", "false")):
+            self._git("config", key, value, cwd=tmp, deadline=deadline)
+        os.rename(tmp, store)
+        return store
+
+    def _has_commit(self, store: Path, rev: str, deadline: float) -> str | None:
+        """Full SHA of commit ``rev`` if the store has it; an ambiguous prefix raises."""
+        try:
+            out = self._git(
+                "rev-parse", "--verify", f"{rev}^{{commit}}", cwd=store, deadline=deadline
+            )
+        except _GitFailed as exc:
+            if "ambiguous" in exc.text:
+                raise UnknownRevision(
+                    f"commit {rev!r} is ambiguous; give more hexadecimal digits"
+                ) from None
+            return None
+        return out.strip() or None
+
+    def _fetch(self, store: Path, url: str, *refspecs: str, depth: int | None, deadline: float):
+        args = ["fetch", "--quiet", "--no-tags"]
+        if depth is not None:
+            args.append(f"--depth={depth}")
+        elif (store / "shallow").exists():
+            args.append("--unshallow")
+        self._git(*args, url, *refspecs, cwd=store, deadline=deadline, url=url)
+
+    def _ensure_commit(
+        self, store: Path, url: str, commit: str, branch: str | None, deadline: float
+    ) -> str:
+        """Fetch as little as possible so that ``commit`` is in the store; return its full SHA."""
+        found = self._has_commit(store, commit, deadline)
+        if found:
+            return found
+        attempts: list[tuple[tuple[str, ...], int | None]] = []
+        if _FULL_SHA.match(commit) and self.shallow:
+            attempts.append(((commit,), 1))
+            if branch:
+                attempts.append(((f"+refs/heads/{branch}:refs/oet/branches/{branch}",), 1))
+        attempts.append((("+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"), None))
+        for refspecs, depth in attempts:
+            try:
+                self._fetch(store, url, *refspecs, depth=depth, deadline=deadline)
+            except _GitFailed as exc:
+                # Servers refuse single commits in many wordings; only the final, plain fetch
+                # of all branches tells whether the repository can be read at all.
+                if depth is None:
+                    raise RepositoryUnreachable(
+                        f"cannot fetch from repository {url}: {exc.brief}"
+                    ) from None
+                continue
+            found = self._has_commit(store, commit, deadline)
+            if found:
+                # A ref keeps the commit's objects safe from any garbage collection.
+                self._git(
+                    "update-ref", f"refs/oet/commits/{found}", found, cwd=store, deadline=deadline
+                )
+                return found
+        raise UnknownRevision(f"commit {commit!r} not found in repository {url}")
+
+    def _materialise(
+        self, store: Path, repo_dir: Path, commit: str, final: Path, deadline: float
+    ) -> None:
+        """Write the tree of ``commit`` into a temporary folder, then rename it into place."""
+        tmp = Path(tempfile.mkdtemp(prefix=f"{commit}.", dir=repo_dir / "tmp"))
+        index = tmp.with_name(tmp.name + ".index")
+        env = {"GIT_DIR": str(store), "GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(tmp)}
+        try:
+            self._git("read-tree", commit, cwd=tmp, env=env, deadline=deadline)
+            self._git("checkout-index", "--all", "--force", cwd=tmp, env=env, deadline=deadline)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            index.unlink(missing_ok=True)
+        LOGGER.info("checked out %s at %s into %s", store.parent.name, commit, final)
+
+    def _result(
+        self,
+        url: str,
+        commit: str,
+        root: Path,
+        branch: str | None,
+        script: str | None,
+        reused: bool,
+    ) -> Checkout:
+        script_file = None if script is None else find_script(root, script, url, commit)
+        return Checkout(url, commit, root, branch, script_file, reused)
+
+
+def find_script(root: Path, script: str, url: str = "", commit: str = "") -> Path:
+    """The absolute path of ``script`` (relative to the repository root) inside ``root``.
+
+    Refuses paths that leave the checkout (``..``, symbolic links pointing outside) and names
+    near misses in the error so typos are quick to fix.
+    """
+    rel = script.removeprefix("git://").lstrip("/")
+    where = f" in repository {url}" if url else ""
+    at = f" at commit {commit[:12]}" if commit else ""
+    base = root.resolve()
+    candidate = (base / rel).resolve()
+    if not rel or not candidate.is_relative_to(base):
+        raise ScriptNotFound(f"script path {script!r} points outside the repository")
+    if candidate.is_file():
+        return candidate
+    name = Path(rel).name
+    near = sorted(str(p.relative_to(base)) for p in base.rglob(name) if p.is_file())[:5]
+    hint = f"; files with that name: {', '.join(near)}" if near else ""
+    raise ScriptNotFound(f"script {rel!r} not found{where}{at}{hint}")
+
+
+class _GitFailed(Exception):
+    """Internal: a git command exited non-zero (``text`` is its stderr)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    @property
+    def brief(self) -> str:
+        """git's own complaint in one line (the ``fatal:``/``error:`` lines, joined)."""
+        lines = [ln.strip() for ln in self.text.splitlines() if ln.strip()]
+        key = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines[:2]
+        return " / ".join(key)[:500] or "git failed without a message"
+
+
+def _stderr_text(exc: GitCommandError) -> str:
+    raw = exc.stderr or ""
+    match = re.search(r"stderr: '(.*)'\s*$", raw, flags=re.DOTALL)
+    return (match.group(1) if match else raw).strip()
