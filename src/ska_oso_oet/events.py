@@ -8,6 +8,7 @@ in microseconds, so numbers keep increasing across a restart of the process that
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -101,13 +102,19 @@ class EventBus:
 
     Publishing assigns the sequence number and calls every subscriber under one lock, so all
     subscribers see all events in the same order. Subscribers must therefore be quick (append
-    to a queue, push one Tango event); a subscriber that raises is logged and kept.
+    to a queue, push one Tango event) and must not wait for other threads. A subscriber may
+    itself publish: that event is delivered to everybody right after the current one, keeping
+    one order for all. A subscriber that raises is logged and kept.
     """
 
     def __init__(self, first_seq: int | None = None):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._subscribers: tuple[Subscription, ...] = ()
         self._next_seq = first_seq if first_seq is not None else time.time_ns() // 1000
+        self._pending: collections.deque[tuple[str, str, Mapping[str, Any], float]] = (
+            collections.deque()
+        )
+        self._delivering = False
 
     def subscribe(self, callback: Subscriber) -> Subscription:
         subscription = Subscription(self, callback)
@@ -125,13 +132,21 @@ class EventBus:
         msg_src: str,
         payload: Mapping[str, Any] | None = None,
         timestamp: float | None = None,
-    ) -> Event:
+    ) -> None:
         with self._lock:
-            event = Event(topic, msg_src, timestamp or time.time(), self._next_seq, payload or {})
-            self._next_seq += 1
-            for subscription in self._subscribers:
-                try:
-                    subscription.callback(event)
-                except Exception:
-                    LOGGER.exception("event subscriber %r failed", subscription.callback)
-        return event
+            self._pending.append((topic, msg_src, payload or {}, timestamp or time.time()))
+            if self._delivering:
+                return  # published by a subscriber: the loop below delivers it next
+            self._delivering = True
+            try:
+                while self._pending:
+                    topic, msg_src, payload, timestamp = self._pending.popleft()
+                    event = Event(topic, msg_src, timestamp, self._next_seq, payload)
+                    self._next_seq += 1
+                    for subscription in self._subscribers:
+                        try:
+                            subscription.callback(event)
+                        except Exception:  # one bad subscriber must not stop the others
+                            LOGGER.exception("event subscriber %r failed", subscription.callback)
+            finally:
+                self._delivering = False

@@ -28,8 +28,31 @@ def test_sequence_numbers_increase_and_every_subscriber_sees_the_same_order():
     assert len(seen_a) == 601 and len(seen_b) == 600
 
 
+def test_events_published_by_a_subscriber_follow_in_one_order_for_all():
+    bus = EventBus(first_seq=1)
+    first, last = [], []
+    bus.subscribe(first.append)
+
+    def react(event):
+        if event.topic == "procedure":
+            bus.publish("activity", "reactor", {"because": event.seq})
+
+    bus.subscribe(react)
+    bus.subscribe(last.append)
+    bus.publish("procedure", "s")
+    bus.publish("procedure", "s")
+    expected = [("procedure", 1), ("activity", 2), ("procedure", 3), ("activity", 4)]
+    assert [(e.topic, e.seq) for e in first] == expected
+    assert [(e.topic, e.seq) for e in last] == expected
+
+
 def test_sequence_continues_upwards_across_buses():
-    assert EventBus().publish("t", "s").seq < EventBus().publish("t", "s").seq
+    seqs = []
+    for _ in range(2):
+        bus = EventBus()
+        bus.subscribe(lambda e: seqs.append(e.seq))
+        bus.publish("t", "s")
+    assert seqs[0] < seqs[1]
 
 
 def test_a_failing_subscriber_does_not_stop_the_others():

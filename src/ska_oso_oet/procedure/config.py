@@ -39,6 +39,8 @@ class OetConfig:
     stop_grace_seconds: float = 3.0
     #: Modules the worker fork server imports once, so that scripts importing them load fast.
     preload_modules: tuple[str, ...] = ("tango", "pubsub")
+    #: Folder of scheduling block definitions, one ``<sbd_id>.json`` each.
+    sb_store: Path = field(default_factory=lambda: _default_data_dir() / "sbds")
 
     def __post_init__(self) -> None:
         if self.history_size < 1:
@@ -59,7 +61,7 @@ def _coerce(name: str, value: Any) -> Any:
             value = [v for v in value.replace(",", os.pathsep).split(os.pathsep) if v.strip()]
         items = [str(v).strip() for v in value]
         return tuple(Path(v) for v in items) if name == "script_roots" else tuple(items)
-    if name in ("state_database", "environments_dir", "git_cache_dir"):
+    if name in ("state_database", "environments_dir", "git_cache_dir", "sb_store"):
         return Path(value) if value not in (None, "") else None
     if name in ("history_size", "warm_workers", "subarray_id"):
         return int(value)
