@@ -1,0 +1,256 @@
+"""The gateway's view of one OETDevice.
+
+:class:`DeviceClient` is what the routes use (and what tests replace with a fake).
+:class:`TangoDeviceClient` implements it over ``tango.DeviceProxy``:
+
+* blocking Tango calls run on a small thread pool of their own, so a slow device never stalls
+  the event loop or Starlette's thread pool;
+* the proxy is created in the app's lifespan, in the background: the gateway starts (and answers
+  503) even while the device or the Tango database is down, and connects when they come up;
+* ONE ``lastEvent`` change-event subscription feeds the :class:`~.hub.EventHub`. It is
+  stateless, so Tango re-subscribes by itself after a device server restart; the hub drops the
+  repeated current value Tango sends on each (re)subscription by its sequence number.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from . import errors
+from .errors import GatewayError
+from .hub import EventHub, HubEvent
+
+LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: ResultCode values of the SKA long-running command protocol.
+RESULT_CODE_NAMES = {0: "OK", 1: "STARTED", 2: "QUEUED", 3: "FAILED", 4: "UNKNOWN",
+                     5: "REJECTED", 6: "NOT_ALLOWED", 7: "ABORTED"}  # fmt: skip
+_ACCEPTED_CODES = {0, 1, 2}
+
+#: States in which a procedure is still being prepared (it will become READY or FAILED).
+PREPARING_STATES = frozenset({"CREATING", "IDLE", "PREP_ENV", "LOADING", "INITIALISING"})
+FINAL_STATES = frozenset({"COMPLETE", "STOPPED", "FAILED"})
+
+
+class DeviceClient(abc.ABC):
+    """Asynchronous access to one OETDevice; every failure is a :class:`GatewayError`."""
+
+    def __init__(self, hub: EventHub):
+        self.hub = hub
+
+    async def start(self) -> None:
+        """Called once from the app's lifespan, on the event loop."""
+        self.hub.bind(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        """Called once when the app shuts down."""
+        self.hub.close_all()
+
+    @abc.abstractmethod
+    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Create a procedure; returns its summary at once (state CREATING or later)."""
+
+    @abc.abstractmethod
+    async def start_procedure(
+        self, procedure_id: int, script_args: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Start a READY procedure; returns its summary (RUNNING or later)."""
+
+    @abc.abstractmethod
+    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
+        """Ask the device to stop a running procedure (STOPPED follows as events)."""
+
+    @abc.abstractmethod
+    async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
+        """One summary; ``OET_NOT_FOUND`` when the id is unknown."""
+
+    @abc.abstractmethod
+    async def list_procedures(self) -> list[dict[str, Any]]:
+        """Summaries in the device's history window, oldest first."""
+
+    async def wait_for_state(
+        self, procedure_id: int, states: Collection[str], timeout: float
+    ) -> dict[str, Any]:
+        """The procedure's summary once its state is in ``states`` or after ``timeout``.
+
+        Driven by the event stream; the device is re-read when an event says the procedure
+        changed, and every few seconds in case events are interrupted (device restart).
+        """
+
+        def concerns_procedure(event: HubEvent) -> bool:
+            return event.data.get("procedure_id") == procedure_id
+
+        deadline = time.monotonic() + timeout
+        with self.hub.subscribe(accept=concerns_procedure) as subscription:
+            summary = await self.get_procedure(procedure_id)
+            while summary["state"] not in states:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                event = await subscription.next(timeout=min(remaining, 2.0))
+                if event is not None:
+                    new_state = event.data.get("new_state")
+                    if new_state is not None and new_state not in states:
+                        continue  # an intermediate state: no need to ask the device
+                summary = await self.get_procedure(procedure_id)
+        return summary
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise GatewayError(
+            errors.DEVICE_ERROR, f"the device sent malformed JSON for {what}"
+        ) from exc
+
+
+class TangoDeviceClient(DeviceClient):
+    """:class:`DeviceClient` over a real ``tango.DeviceProxy``."""
+
+    def __init__(
+        self,
+        device: str,
+        hub: EventHub,
+        *,
+        timeout_ms: int = 3000,
+        threads: int = 8,
+        reconnect_seconds: float = 2.0,
+    ):
+        super().__init__(hub)
+        self.device = device
+        self._timeout_ms = timeout_ms
+        self._reconnect_seconds = reconnect_seconds
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tango-call")
+        self._proxy: Any = None
+        self._event_id: int | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._connect_error = "not connected yet"
+
+    async def start(self) -> None:
+        await super().start()
+        self._connect_task = asyncio.create_task(self._connect_loop(), name="tango-connect")
+
+    async def close(self) -> None:
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        proxy, event_id = self._proxy, self._event_id
+        if proxy is not None and event_id is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, proxy.unsubscribe_event, event_id), 5
+                )
+            except Exception:
+                LOGGER.debug("unsubscribe at shutdown failed", exc_info=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await super().close()
+
+    async def _connect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._proxy is None:
+            try:
+                await loop.run_in_executor(self._executor, self._connect)
+                LOGGER.info("connected to %s", self.device)
+            except Exception as exc:
+                self._connect_error = str(error_from_any(exc))
+                LOGGER.warning("cannot connect to %s yet: %s", self.device, self._connect_error)
+                await asyncio.sleep(self._reconnect_seconds)
+
+    def _connect(self) -> None:
+        import tango  # the only module of the gateway that needs tango
+
+        proxy = tango.DeviceProxy(self.device)
+        proxy.set_timeout_millis(self._timeout_ms)
+        # Stateless: succeeds even while the device is down and re-subscribes after restarts.
+        self._event_id = proxy.subscribe_event(
+            "lastEvent", tango.EventType.CHANGE_EVENT, self._on_event, stateless=True
+        )
+        self._proxy = proxy
+
+    def _on_event(self, event: Any) -> None:
+        """Tango event thread: hand the JSON to the loop, nothing else."""
+        if event.err:
+            LOGGER.debug("lastEvent subscription error: %s", event.errors)
+            return
+        value = getattr(event.attr_value, "value", None)
+        if isinstance(value, str):
+            self.hub.feed_threadsafe(value)
+
+    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        proxy = self._proxy
+        if proxy is None:
+            raise GatewayError(
+                errors.DEVICE_UNREACHABLE,
+                f"The OET device {self.device} cannot be reached: {self._connect_error}",
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, partial(func, proxy, *args))
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise error_from_any(exc) from exc
+
+    async def _command(self, name: str, argument: Any = None) -> Any:
+        def run(proxy: Any, *args: Any) -> Any:
+            return proxy.command_inout(name, *args)
+
+        return await self._call(run, *(() if argument is None else (argument,)))
+
+    async def _lrc(self, name: str, body: dict[str, Any]) -> str:
+        """Run a long-running command; returns its command id once the device accepted it."""
+        codes, messages = await self._command(name, json.dumps(body))
+        code = int(codes[0])
+        message = str(messages[0]) if len(messages) else ""
+        if code not in _ACCEPTED_CODES:
+            label = RESULT_CODE_NAMES.get(code, str(code))
+            error_code = errors.STATE_CONFLICT if code in (5, 6) else errors.DEVICE_ERROR
+            raise GatewayError(error_code, f"{name} was {label}: {message}")
+        return message
+
+    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        command_id = await self._lrc("Prepare", request)
+        # The procedure exists (CREATING) once Prepare returns and carries the command id.
+        return _loads(await self._command("GetProcedure", command_id), "GetProcedure")
+
+    async def start_procedure(
+        self, procedure_id: int, script_args: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"procedure_id": procedure_id}
+        if script_args:
+            body["script_args"] = script_args
+        await self._lrc("Start", body)
+        return await self.get_procedure(procedure_id)
+
+    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
+        await self._lrc("Stop", {"procedure_id": procedure_id, "run_abort": run_abort})
+
+    async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
+        return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")
+
+    async def list_procedures(self) -> list[dict[str, Any]]:
+        def read(proxy: Any) -> str:
+            return proxy.read_attribute("procedures").value
+
+        return _loads(await self._call(read) or "[]", "procedures")
+
+
+def error_from_any(exc: Exception) -> GatewayError:
+    """DevFailed (and anything else a Tango call may raise) as a GatewayError."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if any(cls.__name__ == "DevFailed" for cls in type(exc).__mro__):
+        return errors.error_from_dev_failed(exc)
+    if isinstance(exc, TimeoutError):
+        return GatewayError(errors.DEVICE_TIMEOUT, "The OET device did not answer in time")
+    return GatewayError(errors.DEVICE_ERROR, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,121 @@
+"""``/procedures``: create, list, inspect, start and stop procedures.
+
+Each handler is a translation: validate the body, call the device, add the ``uri``. Two waits
+keep older clients working now that the device answers at once: ``PUT state=RUNNING`` on a
+procedure that is still being prepared waits for READY (older servers answered the POST only at
+READY, so clients PUT straight after it), and ``PUT state=STOPPED`` answers once the procedure
+has really stopped, as the original server did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from .. import errors
+from ..client import FINAL_STATES, PREPARING_STATES
+from ..deps import ClientDep, SettingsDep
+from ..errors import GatewayError
+from ..schemas import (
+    CreateProcedureRequest,
+    ProcedureListResponse,
+    ProcedureResponse,
+    StopResponse,
+    UpdateProcedureRequest,
+    error_responses,
+)
+
+router = APIRouter(prefix="/procedures", tags=["procedures"])
+
+
+def public_summary(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
+    """The device's summary plus ``uri``, built from the URL the client used."""
+    uri = str(request.url_for("get_procedure", procedure_id=str(summary["id"])))
+    return {"uri": uri, **summary}
+
+
+@router.get("", response_model=ProcedureListResponse, responses=error_responses(503))
+async def list_procedures(request: Request, client: ClientDep) -> dict[str, Any]:
+    """List the procedures in the device's history window, oldest first."""
+    summaries = await client.list_procedures()
+    return {"procedures": [public_summary(request, s) for s in summaries]}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ProcedureResponse,
+    responses=error_responses(400, 503),
+)
+async def create_procedure(
+    body: CreateProcedureRequest, request: Request, client: ClientDep
+) -> dict[str, Any]:
+    """Prepare a new procedure: load the script and call its ``init``.
+
+    Answers at once (201) with the procedure in its first state; follow its progress to READY
+    with ``GET /procedures/{id}`` or the event stream.
+    """
+    summary = await client.prepare(body.model_dump(mode="json", exclude_unset=True))
+    return {"procedure": public_summary(request, summary)}
+
+
+@router.get(
+    "/{procedure_id}", response_model=ProcedureResponse, responses=error_responses(400, 404, 503)
+)
+async def get_procedure(procedure_id: int, request: Request, client: ClientDep) -> dict[str, Any]:
+    """Return one procedure."""
+    return {"procedure": public_summary(request, await client.get_procedure(procedure_id))}
+
+
+@router.put(
+    "/{procedure_id}",
+    response_model=ProcedureResponse | StopResponse,
+    responses=error_responses(400, 404, 409, 503),
+)
+async def update_procedure(
+    procedure_id: int,
+    body: UpdateProcedureRequest,
+    request: Request,
+    client: ClientDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """Start (``"state": "RUNNING"``, with ``script_args.main``) or stop (``"state": "STOPPED"``,
+    ``"abort": true`` to run the abort script afterwards) a procedure."""
+    summary = await client.get_procedure(procedure_id)
+    if body.state == "STOPPED":
+        return {"abort_message": await _stop(client, settings.stop_wait_seconds, summary, body)}
+    if body.state == summary["state"]:
+        return {"procedure": public_summary(request, summary)}
+    if body.state != "RUNNING":
+        raise GatewayError(
+            errors.INVALID_REQUEST,
+            f"Cannot set state {body.state}: only RUNNING and STOPPED can be requested",
+        )
+    if summary["state"] in PREPARING_STATES:
+        await client.wait_for_state(
+            procedure_id, {"READY", *FINAL_STATES}, settings.start_wait_seconds
+        )
+    script_args = body.model_dump(mode="json", exclude_unset=True).get("script_args")
+    summary = await client.start_procedure(procedure_id, script_args)
+    return {"procedure": public_summary(request, summary)}
+
+
+async def _stop(
+    client: ClientDep, wait: float, summary: dict[str, Any], body: UpdateProcedureRequest
+) -> str:
+    procedure_id = summary["id"]
+    not_running = f"Cannot stop script with ID {procedure_id}: Script is not running"
+    if summary["state"] in FINAL_STATES:
+        return not_running
+    try:
+        await client.stop_procedure(procedure_id, body.abort)
+    except GatewayError as exc:
+        if exc.code == errors.STATE_CONFLICT:  # it finished meanwhile
+            return not_running
+        raise
+    summary = await client.wait_for_state(procedure_id, FINAL_STATES, wait)
+    if summary["state"] not in FINAL_STATES:
+        return f"Stop requested for script with ID {procedure_id}; it is still {summary['state']}"
+    message = f"Successfully stopped script with ID {procedure_id}"
+    return message + " and aborted subarray activity" if body.abort else message

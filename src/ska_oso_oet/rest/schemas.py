@@ -1,0 +1,137 @@
+"""Wire models of the documented API (DESIGN §5), kept apart from the engine's domain types.
+
+Requests are checked for shape here (so that malformed bodies get a clear 400 before any Tango
+call) and forwarded to the device as sent; the device applies the domain rules (script roots,
+function names, states). Responses are described for the OpenAPI document and let extra keys
+through, so new summary fields reach clients without a gateway release.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FunctionArgs(BaseModel):
+    """Positional and keyword arguments for one script function."""
+
+    model_config = ConfigDict(extra="forbid")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class GitArgs(BaseModel):
+    """Where a ``git://`` script comes from; ``git_commit`` wins over ``git_branch``."""
+
+    model_config = ConfigDict(extra="forbid")
+    git_repo: str
+    git_branch: str | None = None
+    git_commit: str | None = None
+
+
+class Script(BaseModel):
+    """The script to load: ``file:///abs/path.py`` or ``git://path/in/repo.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+    script_type: Literal["filesystem", "git"] | None = None
+    script_uri: str = Field(min_length=1, examples=["file:///scripts/hello_world.py"])
+    git_args: GitArgs | None = None
+    create_env: bool = False
+
+
+class CreateProcedureRequest(BaseModel):
+    """Body of ``POST /procedures``. The older ``{"script_uri": ..., "script_args": ...}`` form
+    is accepted too."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "script": {
+                        "script_type": "filesystem",
+                        "script_uri": "file:///scripts/hello_world.py",
+                    },
+                    "script_args": {"init": {"args": [], "kwargs": {"subarray_id": 1}}},
+                }
+            ]
+        },
+    )
+    script: Script | None = None
+    script_uri: str | None = None
+    script_type: Literal["filesystem", "git"] | None = None
+    git_args: GitArgs | None = None
+    create_env: bool | None = None
+    script_args: dict[str, FunctionArgs] | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_script(self) -> CreateProcedureRequest:
+        if self.script is None and not self.script_uri:
+            raise ValueError("request body needs 'script' (or 'script_uri')")
+        return self
+
+
+class UpdateProcedureRequest(BaseModel):
+    """Body of ``PUT /procedures/{id}``: start (``RUNNING``) or stop (``STOPPED``).
+
+    Other keys are ignored: older clients PUT the whole procedure back with a new state."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"state": "RUNNING", "script_args": {"main": {"args": [], "kwargs": {}}}},
+                {"state": "STOPPED", "abort": False},
+            ]
+        },
+    )
+    state: Literal[
+        "UNKNOWN", "IDLE", "CREATING", "PREP_ENV", "LOADING", "INITIALISING", "READY",
+        "RUNNING", "COMPLETE", "STOPPED", "FAILED",
+    ]  # fmt: skip
+    script_args: dict[str, FunctionArgs] | None = None
+    abort: bool = False
+
+
+class History(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    process_states: list[tuple[str, float]]
+    stacktrace: str | None = None
+
+
+class ProcedureSummary(BaseModel):
+    """A procedure as clients see it; ``uri`` is built from the request's base URL."""
+
+    model_config = ConfigDict(extra="allow")
+    uri: str
+    id: int
+    script: dict[str, Any]
+    script_args: dict[str, FunctionArgs]
+    history: History
+    state: str
+
+
+class ProcedureResponse(BaseModel):
+    procedure: ProcedureSummary
+
+
+class ProcedureListResponse(BaseModel):
+    procedures: list[ProcedureSummary]
+
+
+class StopResponse(BaseModel):
+    abort_message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``{"error": "404 Not Found", "type": "ResourceNotFound", "Message": ...}``."""
+
+    error: str
+    type: str
+    Message: str
+
+
+#: ``responses=`` entry documenting the error body for the given statuses.
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}

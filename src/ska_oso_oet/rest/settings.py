@@ -1,0 +1,54 @@
+"""Gateway configuration: ``OET_REST_*`` environment variables, overridden by ``oet-gateway`` flags."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RestSettings(BaseSettings):
+    """Everything the gateway needs to know; built once per app in ``create_app``."""
+
+    model_config = SettingsConfigDict(env_prefix="OET_REST_", extra="ignore", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(5000, ge=0, le=65535)
+    #: The OETDevice this gateway fronts (one gateway per subarray device).
+    device: str = "oso/oet/1"
+    #: ``host:port`` of the Tango database; None uses the process's ``TANGO_HOST``.
+    tango_host: str | None = None
+    base_path: str = "/api/v1.0"
+    #: Client-side timeout of every Tango call.
+    tango_timeout_ms: int = Field(3000, ge=100)
+    #: Threads running blocking Tango calls.
+    tango_threads: int = Field(8, ge=1)
+    #: Pause between attempts to reach the device while it is not reachable.
+    reconnect_seconds: float = Field(2.0, gt=0)
+    #: Events kept for ``Last-Event-ID`` resumption.
+    replay_size: int = Field(2000, ge=1)
+    #: Events queued for one SSE client before it is dropped as too slow.
+    client_queue_size: int = Field(1000, ge=1)
+    #: Seconds of silence after which an SSE keep-alive comment is sent.
+    keepalive_seconds: float = Field(15.0, gt=0)
+    #: Reconnection delay suggested to SSE clients (``retry:`` field).
+    sse_retry_ms: int = Field(2000, ge=0)
+    #: How long ``PUT state=RUNNING`` waits for a procedure that is still being prepared.
+    start_wait_seconds: float = Field(60.0, ge=0)
+    #: How long ``PUT state=STOPPED`` waits for the procedure to reach a final state.
+    stop_wait_seconds: float = Field(30.0, ge=0)
+    #: Seconds uvicorn gives open connections (SSE streams) when shutting down.
+    shutdown_grace_seconds: float = Field(2.0, ge=0)
+    log_level: str = "info"
+
+    @field_validator("base_path")
+    @classmethod
+    def _normalise_base_path(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    @property
+    def device_trl(self) -> str:
+        """The device name, fully qualified when a Tango host is configured."""
+        if self.tango_host and not self.device.startswith("tango://"):
+            return f"tango://{self.tango_host}/{self.device}"
+        return self.device

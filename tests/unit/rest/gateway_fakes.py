@@ -1,0 +1,180 @@
+"""Test doubles for the gateway: an in-memory OETDevice and uvicorn in a thread.
+
+:class:`FakeDevice` follows the device contract (tango_api: Prepare returns with the procedure
+in CREATING, the rest arrives as events; Start needs READY and no other RUNNING procedure; the
+same ``OET_*`` error codes) closely enough to exercise the routes, the event stream and the CLI
+without Tango. Tests drive the script's side (complete, fail, announce) explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from ska_oso_oet.rest import errors
+from ska_oso_oet.rest.client import FINAL_STATES, DeviceClient
+from ska_oso_oet.rest.errors import GatewayError
+from ska_oso_oet.rest.hub import EventHub
+
+
+class FakeDevice(DeviceClient):
+    """An in-memory OETDevice behind the :class:`DeviceClient` interface."""
+
+    def __init__(self, hub: EventHub | None = None, *, auto_ready: bool = True):
+        super().__init__(hub or EventHub(replay_size=100, queue_size=50))
+        self.auto_ready = auto_ready
+        self.unreachable = False
+        self.procedures: dict[int, dict[str, Any]] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1_000_000)
+        self._lock = threading.Lock()
+
+    # --- what the gateway calls -------------------------------------------------------------
+    def _check(self, name: str, argument: Any) -> None:
+        self.calls.append((name, argument))
+        if self.unreachable:
+            raise GatewayError(errors.DEVICE_UNREACHABLE, "The OET device cannot be reached: fake")
+
+    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._check("Prepare", request)
+        script = request.get("script") or {"script_uri": request.get("script_uri")}
+        uri = script.get("script_uri") or ""
+        if not uri.startswith(("file:///", "git://")):
+            raise GatewayError(errors.INVALID_REQUEST, f"script URI not allowed: {uri!r}")
+        init = (request.get("script_args") or {}).get("init") or {}
+        pid = next(self._ids)
+        summary = {
+            "id": pid,
+            "script": {"script_type": script.get("script_type") or "filesystem", **script},
+            "script_args": {
+                "init": {"args": init.get("args", []), "kwargs": init.get("kwargs", {})}
+            },
+            "history": {"process_states": [["CREATING", time.time()]], "stacktrace": None},
+            "state": "CREATING",
+            "command_id": f"{time.time()}_{pid}_Prepare",
+        }
+        self.procedures[pid] = summary
+        created = copy.deepcopy(summary)  # the device answers in CREATING; the rest are events
+        self.emit("procedure.lifecycle.created", procedure_id=pid, result=created)
+        if self.auto_ready:
+            for state in ("IDLE", "LOADING", "IDLE", "READY"):
+                self.set_state(pid, state)
+        return created
+
+    async def start_procedure(self, procedure_id: int, script_args: Any) -> dict[str, Any]:
+        self._check("Start", {"procedure_id": procedure_id, "script_args": script_args})
+        summary = self._get(procedure_id)
+        if any(p["state"] == "RUNNING" for p in self.procedures.values()):
+            raise GatewayError(errors.STATE_CONFLICT, "another procedure is running")
+        if summary["state"] != "READY":
+            raise GatewayError(
+                errors.STATE_CONFLICT, f"procedure {procedure_id} is {summary['state']}, not READY"
+            )
+        main = (script_args or {}).get("main") or (script_args or {}).get("run") or {}
+        summary["script_args"]["main"] = {
+            "args": main.get("args", []),
+            "kwargs": main.get("kwargs", {}),
+        }
+        self.set_state(procedure_id, "RUNNING")
+        self.emit(
+            "procedure.lifecycle.started", procedure_id=procedure_id, result=copy.deepcopy(summary)
+        )
+        return copy.deepcopy(summary)
+
+    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
+        self._check("Stop", {"procedure_id": procedure_id, "run_abort": run_abort})
+        if self._get(procedure_id)["state"] in FINAL_STATES:
+            raise GatewayError(errors.STATE_CONFLICT, f"procedure {procedure_id} has finished")
+        self.finish(procedure_id, "STOPPED")
+
+    async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
+        self._check("GetProcedure", procedure_id)
+        return copy.deepcopy(self._get(procedure_id))
+
+    async def list_procedures(self) -> list[dict[str, Any]]:
+        self._check("procedures", None)
+        return [copy.deepcopy(p) for _, p in sorted(self.procedures.items())]
+
+    # --- what tests call (any thread) -------------------------------------------------------
+    def _get(self, procedure_id: int) -> dict[str, Any]:
+        try:
+            return self.procedures[procedure_id]
+        except KeyError:
+            raise GatewayError(
+                errors.NOT_FOUND, f"No information available for PID={procedure_id}"
+            ) from None
+
+    def emit(self, topic: str, **payload: Any) -> int:
+        """Publish one event through the hub's thread-safe entry, as Tango callbacks do."""
+        with self._lock:
+            seq = next(self._seq)
+            event = {
+                **payload,
+                "topic": topic,
+                "msg_src": "oso/oet/1",
+                "timestamp": time.time(),
+                "seq": seq,
+            }
+            self.hub.feed_threadsafe(json.dumps(event))
+        return seq
+
+    def set_state(self, procedure_id: int, state: str) -> None:
+        summary = self._get(procedure_id)
+        previous = summary["state"]
+        summary["history"]["process_states"].append([state, time.time()])
+        summary["state"] = state
+        self.emit(
+            "procedure.lifecycle.statechange",
+            procedure_id=procedure_id,
+            new_state=state,
+            previous_state=previous,
+        )
+
+    def finish(
+        self, procedure_id: int, state: str = "COMPLETE", stacktrace: str | None = None
+    ) -> None:
+        summary = self._get(procedure_id)
+        if stacktrace:
+            summary["history"]["stacktrace"] = stacktrace
+            self.emit(
+                "procedure.lifecycle.stacktrace", procedure_id=procedure_id, stacktrace=stacktrace
+            )
+        self.set_state(procedure_id, state)
+        topic = {"COMPLETE": "complete", "FAILED": "failed", "STOPPED": "stopped"}[state]
+        self.emit(
+            f"procedure.lifecycle.{topic}", procedure_id=procedure_id, result=copy.deepcopy(summary)
+        )
+
+    def announce(self, procedure_id: int, msg: str) -> int:
+        return self.emit("user.script.announce", procedure_id=procedure_id, msg=msg)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, timeout: float = 20.0) -> Iterator[str]:
+    """Run ``app`` with a real uvicorn on a free loopback port; yields the server's base URL."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
