@@ -1,0 +1,392 @@
+"""OETDevice: the Observation Execution Tool of one subarray, as a Tango device.
+
+Commands (JSON string in, long-running: they return ``([ResultCode], [command_id])`` at once
+and the outcome arrives on ``longRunningCommandResult`` and ``_lrcEvent``):
+
+* ``Prepare(json)`` -> completes when the procedure is READY ([OK, summary JSON]).
+* ``Start(json)`` -> completes when ``main`` returns ([OK, summary JSON]).
+* ``Stop(json)``, ``Abort()`` -> complete when the procedure is STOPPED ([OK, JSON list]).
+* ``GetProcedure(id)`` -> one procedure summary (synchronous).
+
+Attributes: ``procedures``, ``activities``, ``runningProcedureId``, ``procedureIds``,
+``procedureStates``, ``lastEvent`` (one change event per engine/script event, in order),
+``scriptMessage``, ``subarrayId`` and the SKA attributes of :class:`~.base.SkaDevice`.
+
+The device only translates: it decodes the JSON argument, calls the
+:class:`~ska_oso_oet.procedure.service.ScriptExecutionService`, and encodes the reply. Bad
+requests are refused with ``DevFailed`` whose reason is the engine's error code
+(``OET_INVALID_REQUEST``, ``OET_NOT_FOUND``, ``OET_STATE_CONFLICT``,
+``OET_ENGINE_UNAVAILABLE``) or ``OET_DEVICE_OFFLINE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, NoReturn, TypeVar
+
+import tango
+from tango import DevState
+from tango.server import attribute, command, device_property
+
+from ..events import Event, dumps
+from ..procedure.config import OetConfig, config_from_sources
+from ..procedure.domain import PrepareRequest, parse_script_args
+from ..procedure.errors import OetError
+from ..procedure.service import ScriptExecutionService
+from . import runtime
+from .base import SkaDevice
+from .procedures import ProcedureView
+from .ska import COMMAND_ACCEPTING_ADMIN_MODES, HealthState, ResultCode, generate_command_id
+
+T = TypeVar("T")
+
+#: Device property -> OetConfig field. Properties left unset are not passed on, so the
+#: engine's defaults and OET_* environment variables decide (config_from_sources).
+PROPERTY_SETTINGS = {
+    "SubarrayId": "subarray_id",
+    "ScriptRoots": "script_roots",
+    "AbortScript": "abort_script",
+    "HistorySize": "history_size",
+    "StateDatabase": "state_database",
+    "EnvironmentsDir": "environments_dir",
+    "GitCacheDir": "git_cache_dir",
+    "WarmWorkers": "warm_workers",
+    "StopGraceSeconds": "stop_grace_seconds",
+    "SBStore": "sb_store",
+}
+#: Event backlog above which the device reports DEGRADED health.
+DEGRADED_BACKLOG = 10_000
+_LRC_REPLY = "DevVarLongStringArray"
+
+
+class OETDevice(SkaDevice):
+    """Observation Execution Tool of one subarray: prepares, starts, stops and aborts Python
+    observing scripts, each in its own process, and publishes everything they announce as
+    change events on lastEvent."""
+
+    SubarrayId = device_property(
+        dtype="uint16", doc="Subarray this device serves (default: the last part of the name)."
+    )
+    ScriptRoots = device_property(
+        dtype="DevVarStringArray", doc="Folders that file:// scripts must lie under."
+    )
+    AbortScript = device_property(
+        dtype="str", doc="file:// URI of the script run by Abort (and by Stop with run_abort)."
+    )
+    HistorySize = device_property(dtype="uint32", doc="Finished procedures kept in the history.")
+    StateDatabase = device_property(
+        dtype="str", doc="sqlite file keeping the procedure history across restarts."
+    )
+    EnvironmentsDir = device_property(dtype="str", doc="Cache of per-script virtualenvs.")
+    GitCacheDir = device_property(dtype="str", doc="Cache of cloned git repositories.")
+    WarmWorkers = device_property(
+        dtype="uint16", doc="Idle worker processes kept ready (shared by the server's devices)."
+    )
+    StopGraceSeconds = device_property(
+        dtype="double", doc="Seconds a stopped script has after SIGTERM before SIGKILL."
+    )
+    SBStore = device_property(dtype="str", doc="Location of the scheduling-block store.")
+
+    # ----- life cycle -----------------------------------------------------------------------
+    def init_device(self) -> None:
+        super().init_device()
+        self._view = ProcedureView()
+        self._last_event = ""
+        self._script_message = ""
+        self._subscription = None
+        self._service: ScriptExecutionService | None = None
+        self._service_error = ""
+        for name in (*ProcedureView.ATTRIBUTES, "lastEvent", "scriptMessage"):
+            self.set_change_event(name, True, False)
+            self.set_archive_event(name, True, False)
+        try:
+            self._service = self.create_service()
+            self._subscription = self._service.events.subscribe(self._on_engine_event)
+        except Exception as exc:
+            self._service_error = f"the script engine could not start: {exc}"
+            self.logger.exception("cannot create the script execution service")
+        self.submit(self._refresh_procedures)
+        self.logger.info("OETDevice %s ready", self.get_name())
+
+    def delete_device(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+        super().delete_device()
+        if self._service is not None:
+            self._service.shutdown()
+            self._service = None
+
+    def engine_settings(self) -> dict[str, Any]:
+        """Settings from the device properties that are set (None = leave to the engine)."""
+        known = {f.name for f in fields(OetConfig)}
+        settings: dict[str, Any] = {"name": self.get_name()}
+        for prop, setting in PROPERTY_SETTINGS.items():
+            value = getattr(self, prop, None)
+            if value is None or setting not in known:
+                continue
+            if isinstance(value, list | tuple) and not value:
+                continue
+            settings[setting] = list(value) if isinstance(value, list | tuple) else value
+        if "subarray_id" not in settings:
+            match = re.search(r"(\d+)$", self.get_name())
+            if match:
+                settings["subarray_id"] = int(match.group(1))
+        return settings
+
+    def create_service(self) -> ScriptExecutionService:
+        """The engine this device adapts. The one seam tests replace with a fake."""
+        config = config_from_sources(self.engine_settings(), os.environ)
+        return ScriptExecutionService(config, launcher=runtime.shared_launcher())
+
+    # ----- engine events (engine threads: enqueue only) ------------------------------------
+    def _on_engine_event(self, event: Event) -> None:
+        self.submit(self._handle_event, event)
+
+    def _handle_event(self, event: Event) -> None:
+        """Publish one engine event, then what it changed (event thread)."""
+        self._last_event = event.to_json()
+        self.push("lastEvent", self._last_event)
+        if event.topic == "user.script.announce":
+            msg = event.payload.get("msg")
+            self._script_message = msg if isinstance(msg, str) else dumps(msg)
+            self.push("scriptMessage", self._script_message)
+        if event.topic.startswith("procedure.lifecycle."):
+            self._view.observe(event)
+            self._refresh_procedures()
+            for command_id, status, code, message in self._view.completions(self._lookup):
+                self.lrc_finish(command_id, status, code, message)
+
+    def _lookup(self, procedure_id: int) -> dict[str, Any] | None:
+        try:
+            return self._service.get(procedure_id) if self._service else None
+        except OetError:
+            return None
+
+    def _refresh_procedures(self) -> None:
+        summaries = self._service.summaries() if self._service else []
+        for name, value in self._view.update(summaries):
+            self.push(name, value)
+        self.refresh_condition()
+
+    def condition(self) -> tuple[DevState, str, HealthState]:
+        if self._service is None or not self._service.healthy:
+            reason = self._service_error or "the script engine cannot start worker processes"
+            return DevState.FAULT, f"The device is in FAULT: {reason}.", HealthState.FAILED
+        health = HealthState.DEGRADED if self._events.backlog > DEGRADED_BACKLOG else HealthState.OK
+        state, status, _ = super().condition()
+        if state == DevState.DISABLE:
+            return state, status, health
+        running = self._view.running_id
+        if running:
+            return DevState.RUNNING, f"Procedure {running} is running.", health
+        return DevState.ON, "The device is ON: no procedure is running.", health
+
+    # ----- request helpers ------------------------------------------------------------------
+    def _fail(self, reason: str, message: str, origin: str) -> NoReturn:
+        self.logger.info("%s refused: %s (%s)", origin, message, reason)
+        tango.Except.throw_exception(reason, message, f"{self.get_name()}/{origin}")
+        raise AssertionError("unreachable")  # throw_exception always raises
+
+    def _engine(self, origin: str) -> ScriptExecutionService:
+        """The service, if commands are allowed now (raises DevFailed otherwise)."""
+        if self._admin_mode not in COMMAND_ACCEPTING_ADMIN_MODES:
+            self._fail(
+                "OET_DEVICE_OFFLINE",
+                f"{self.get_name()} is {self._admin_mode.name} (adminMode); set adminMode to "
+                "ONLINE or ENGINEERING to use it",
+                origin,
+            )
+        if self._service is None:
+            self._fail("OET_ENGINE_UNAVAILABLE", self._service_error or "no script engine", origin)
+        return self._service
+
+    def _call(self, origin: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except OetError as exc:
+            self._fail(exc.code, str(exc), origin)
+
+    def _decode(self, argin: str, origin: str, allowed: set[str]) -> dict[str, Any]:
+        text = (argin or "").strip()
+        if not text:
+            return {}
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            self._fail("OET_INVALID_REQUEST", f"argument is not valid JSON: {exc}", origin)
+        if not isinstance(body, dict):
+            self._fail("OET_INVALID_REQUEST", "argument must be a JSON object", origin)
+        unknown = set(body) - allowed
+        if unknown:
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}",
+                origin,
+            )
+        return body
+
+    def _procedure_id(self, body: dict[str, Any], origin: str) -> int | None:
+        pid = body.get("procedure_id")
+        if pid is None:
+            return None
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid < 1:
+            self._fail("OET_INVALID_REQUEST", "procedure_id must be a positive integer", origin)
+        return pid
+
+    def _begin(self, command_id: str, kind: str, procedure_id: int, extra: list[int]) -> list[Any]:
+        self.submit(self.lrc_started, command_id)
+        self.submit(self._view.track, command_id, kind, procedure_id, extra, self._lookup)
+        self.submit(self._complete_ready)
+        return [[int(ResultCode.STARTED)], [command_id]]
+
+    def _complete_ready(self) -> None:
+        for command_id, status, code, message in self._view.completions(self._lookup):
+            self.lrc_finish(command_id, status, code, message)
+
+    # ----- OET commands ---------------------------------------------------------------------
+    @command(
+        dtype_in=str,
+        dtype_out=_LRC_REPLY,
+        doc_in='{"script": {"script_type": "filesystem"|"git", "script_uri": ..., "git_args": '
+        '{...}, "create_env": false}, "script_args": {"init": {"args": [], "kwargs": {}}}}',
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is READY.",
+    )
+    def Prepare(self, argin: str) -> list[Any]:
+        """Create a procedure and load its script; it exists (CREATING) when this returns."""
+        allowed = {"script", "script_uri", "script_type", "git_args", "create_env", "script_args"}
+        body = self._decode(argin, "Prepare", allowed)
+        service = self._engine("Prepare")
+        command_id = generate_command_id("Prepare")
+        request = self._call("Prepare", PrepareRequest.from_dict, body, command_id=command_id)
+        summary = self._call("Prepare", service.prepare, request)
+        return self._begin(command_id, "Prepare", summary["id"], [])
+
+    @command(
+        dtype_in=str,
+        dtype_out=_LRC_REPLY,
+        doc_in='{"procedure_id": int (optional: the newest READY one), "script_args": {"main": '
+        '{"args": [], "kwargs": {}}}}',
+        doc_out="([ResultCode.STARTED], [command_id]); completes when main returns.",
+    )
+    def Start(self, argin: str) -> list[Any]:
+        """Run main of a READY procedure."""
+        body = self._decode(argin, "Start", {"procedure_id", "script_args"})
+        service = self._engine("Start")
+        pid = self._procedure_id(body, "Start")
+        fn_args = self._call("Start", parse_script_args, body.get("script_args"))
+        if "init" in fn_args:
+            self._fail(
+                "OET_INVALID_REQUEST", "init arguments are given to Prepare, not Start", "Start"
+            )
+        command_id = generate_command_id("Start")
+        summary = self._call("Start", service.start, pid, fn_args.get("main"))
+        return self._begin(command_id, "Start", summary["id"], [])
+
+    @command(
+        dtype_in=str,
+        dtype_out=_LRC_REPLY,
+        doc_in='{"procedure_id": int (optional: the running one), "run_abort": false}',
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is STOPPED.",
+    )
+    def Stop(self, argin: str) -> list[Any]:
+        """Stop a procedure; with run_abort, then run the abort script for this subarray."""
+        body = self._decode(argin, "Stop", {"procedure_id", "run_abort"})
+        service = self._engine("Stop")
+        pid = self._procedure_id(body, "Stop")
+        run_abort = body.get("run_abort", False)
+        if not isinstance(run_abort, bool):
+            self._fail("OET_INVALID_REQUEST", "run_abort must be true or false", "Stop")
+        return self._stop(service, "Stop", pid, run_abort)
+
+    @command(
+        dtype_out=_LRC_REPLY,
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is STOPPED.",
+    )
+    def Abort(self) -> list[Any]:
+        """Stop the running procedure and run the abort script for this subarray."""
+        return self._stop(self._engine("Abort"), "Abort", None, True)
+
+    def _stop(
+        self, service: ScriptExecutionService, name: str, pid: int | None, abort: bool
+    ) -> list[Any]:
+        command_id = generate_command_id(name)
+        summaries = self._call(name, service.stop, pid, run_abort=abort)
+        extra = [s["id"] for s in summaries[1:]]
+        return self._begin(command_id, "Stop", summaries[0]["id"], extra)
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in="A procedure id (e.g. 12) or the command id that prepared or started it.",
+        doc_out="The procedure summary as JSON.",
+    )
+    def GetProcedure(self, argin: str) -> str:
+        """One procedure's summary."""
+        text = (argin or "").strip()
+        if self._service is None:
+            self._fail(
+                "OET_ENGINE_UNAVAILABLE", self._service_error or "no script engine", "GetProcedure"
+            )
+        if text.isdigit():
+            return dumps(self._call("GetProcedure", self._service.get, int(text)))
+        pid = self._view.procedure_of(text)
+        if pid is None:
+            pid = next(
+                (s["id"] for s in self._service.summaries() if s.get("command_id") == text), None
+            )
+        if pid is None:
+            self._fail("OET_NOT_FOUND", f"no procedure for {text!r}", "GetProcedure")
+        return dumps(self._call("GetProcedure", self._service.get, pid))
+
+    # ----- OET attributes -------------------------------------------------------------------
+    @attribute(
+        dtype=str, doc="JSON list of the procedure summaries in the history window, oldest first."
+    )
+    def procedures(self) -> str:
+        return self._view.procedures_json
+
+    @attribute(dtype=str, doc="JSON list of activities (scheduling-block activities).")
+    def activities(self) -> str:
+        return "[]"
+
+    @attribute(dtype="DevLong", doc="Id of the RUNNING procedure, 0 when none runs.")
+    def runningProcedureId(self) -> int:
+        return self._view.running_id
+
+    @attribute(
+        dtype=("DevLong",),
+        max_dim_x=ProcedureView.MAX_LISTED,
+        doc="Ids of the procedures in the history window (aligned with procedureStates).",
+    )
+    def procedureIds(self) -> list[int]:
+        return self._view.ids
+
+    @attribute(
+        dtype=("str",),
+        max_dim_x=ProcedureView.MAX_LISTED,
+        doc="States of the procedures in the history window (aligned with procedureIds).",
+    )
+    def procedureStates(self) -> list[str]:
+        return self._view.states
+
+    @attribute(
+        dtype=str,
+        doc='The latest engine or script event as JSON {"topic", "msg_src", "timestamp", '
+        '"seq", ...}; subscribe to change events to receive every event, in order.',
+    )
+    def lastEvent(self) -> str:
+        return self._last_event
+
+    @attribute(dtype=str, doc="msg of the latest user.script.announce event.")
+    def scriptMessage(self) -> str:
+        return self._script_message
+
+    @attribute(dtype="DevUShort", doc="Subarray served by this device.")
+    def subarrayId(self) -> int:
+        if self._service is not None:
+            return self._service.config.subarray_id
+        return int(self.engine_settings().get("subarray_id", 0))

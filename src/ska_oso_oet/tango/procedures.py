@@ -1,0 +1,178 @@
+"""What the device publishes about procedures, and when its commands are done.
+
+:class:`ProcedureView` lives on the device's event thread. It turns the engine's summaries
+into attribute values, remembers which states each procedure has been seen in (from the
+events, in order), and decides when a long-running command is finished:
+
+* ``Prepare`` when its procedure has been READY (FAILED -> FAILED, STOPPED -> ABORTED);
+* ``Start`` when ``main`` has returned (COMPLETE; FAILED -> FAILED, STOPPED -> ABORTED);
+* ``Stop``/``Abort`` when the stopped procedure has finished, with the summaries of it and of
+  the abort procedure.
+
+Completion is decided from events the device has already published, so a client always sees
+the ``lastEvent`` that justifies a result before the result itself.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import Event, dumps
+from .ska import ResultCode, TaskStatus
+
+Lookup = Callable[[int], dict[str, Any] | None]
+Completion = tuple[str, TaskStatus, ResultCode, str]
+_FINAL = {"COMPLETE", "FAILED", "STOPPED"}
+_MAX_REMEMBERED_COMMANDS = 1000
+
+
+@dataclass
+class _Seen:
+    states: set[str] = field(default_factory=set)
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
+class _Tracked:
+    kind: str  # Prepare, Start or Stop
+    procedure_id: int
+    extra: list[int]
+
+
+class ProcedureView:
+    """Procedure attributes and LRC completion rules of one device (event thread only)."""
+
+    ATTRIBUTES = ("procedures", "runningProcedureId", "procedureIds", "procedureStates")
+    MAX_LISTED = 1024
+
+    def __init__(self) -> None:
+        self.procedures_json = "[]"
+        self.running_id = 0
+        self.ids: list[int] = []
+        self.states: list[str] = []
+        self._seen: dict[int, _Seen] = {}
+        self._tracked: dict[str, _Tracked] = {}
+        self._procedure_of: OrderedDict[str, int] = OrderedDict()
+
+    # ----- attributes -----------------------------------------------------------------------
+    def update(self, summaries: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        """New attribute values from the engine's summaries; returns the changed ones."""
+        listed = summaries[-self.MAX_LISTED :]
+        values = {
+            "procedures": dumps(summaries),
+            "runningProcedureId": next((s["id"] for s in summaries if s["state"] == "RUNNING"), 0),
+            "procedureIds": [s["id"] for s in listed],
+            "procedureStates": [s["state"] for s in listed],
+        }
+        current = {
+            "procedures": self.procedures_json,
+            "runningProcedureId": self.running_id,
+            "procedureIds": self.ids,
+            "procedureStates": self.states,
+        }
+        changed = [(name, value) for name, value in values.items() if current[name] != value]
+        self.procedures_json = values["procedures"]
+        self.running_id = values["runningProcedureId"]
+        self.ids = values["procedureIds"]
+        self.states = values["procedureStates"]
+        known = {s["id"] for s in summaries} | {t.procedure_id for t in self._tracked.values()}
+        for pid in [p for p in self._seen if p not in known]:
+            del self._seen[pid]
+        return changed
+
+    # ----- events and commands --------------------------------------------------------------
+    def observe(self, event: Event) -> None:
+        """Note what a procedure.lifecycle event says about its procedure."""
+        pid = event.payload.get("procedure_id")
+        if not isinstance(pid, int):
+            return
+        seen = self._seen.setdefault(pid, _Seen())
+        if event.topic.endswith(".created"):
+            seen.states.add("CREATING")
+        new_state = event.payload.get("new_state")
+        if isinstance(new_state, str):
+            seen.states.add(new_state)
+        result = event.payload.get("result")
+        if isinstance(result, dict):
+            seen.summary = result
+            command_id = result.get("command_id")
+            if isinstance(command_id, str):
+                self._remember(command_id, pid)
+
+    def track(
+        self, command_id: str, kind: str, procedure_id: int, extra: list[int], lookup: Lookup
+    ) -> None:
+        """Follow a command until its procedure gets where the command leads."""
+        self._tracked[command_id] = _Tracked(kind, procedure_id, list(extra))
+        self._remember(command_id, procedure_id)
+        if procedure_id not in self._seen:
+            # not observed since this device started (e.g. recovered from the store)
+            summary = lookup(procedure_id)
+            seen = self._seen.setdefault(procedure_id, _Seen())
+            if summary is not None:
+                seen.summary = summary
+                seen.states.update(s for s, _ in summary["history"]["process_states"])
+
+    def completions(self, lookup: Lookup) -> list[Completion]:
+        """The commands that are finished now, with their final status and result."""
+        done: list[Completion] = []
+        for command_id, tracked in list(self._tracked.items()):
+            outcome = self._outcome(tracked, lookup)
+            if outcome is not None:
+                del self._tracked[command_id]
+                done.append((command_id, *outcome))
+        return done
+
+    def procedure_of(self, command_id: str) -> int | None:
+        return self._procedure_of.get(command_id)
+
+    # ----- rules ----------------------------------------------------------------------------
+    def _outcome(
+        self, tracked: _Tracked, lookup: Lookup
+    ) -> tuple[TaskStatus, ResultCode, str] | None:
+        seen = self._seen.get(tracked.procedure_id, _Seen())
+        states = seen.states
+        if tracked.kind == "Stop":
+            if not states & _FINAL:
+                return None
+            summaries = [
+                self._summary(pid, lookup) for pid in [tracked.procedure_id, *tracked.extra]
+            ]
+            return TaskStatus.COMPLETED, ResultCode.OK, dumps([s for s in summaries if s])
+        goal = "READY" if tracked.kind == "Prepare" else "COMPLETE"
+        if goal in states:
+            return (
+                TaskStatus.COMPLETED,
+                ResultCode.OK,
+                dumps(self._summary(tracked.procedure_id, lookup)),
+            )
+        if "FAILED" in states:
+            summary = self._summary(tracked.procedure_id, lookup) or {}
+            stacktrace = (summary.get("history") or {}).get(
+                "stacktrace"
+            ) or "no stack trace recorded"
+            message = f"procedure {tracked.procedure_id} failed:\n{stacktrace}"
+            return TaskStatus.FAILED, ResultCode.FAILED, message
+        if "STOPPED" in states:
+            return (
+                TaskStatus.ABORTED,
+                ResultCode.ABORTED,
+                dumps(self._summary(tracked.procedure_id, lookup)),
+            )
+        return None
+
+    def _summary(self, procedure_id: int, lookup: Lookup) -> dict[str, Any] | None:
+        summary = lookup(procedure_id)
+        if summary is None:  # evicted from the history window already
+            seen = self._seen.get(procedure_id)
+            summary = seen.summary if seen else None
+        return summary
+
+    def _remember(self, command_id: str, procedure_id: int) -> None:
+        self._procedure_of[command_id] = procedure_id
+        self._procedure_of.move_to_end(command_id)
+        while len(self._procedure_of) > _MAX_REMEMBERED_COMMANDS:
+            self._procedure_of.popitem(last=False)

@@ -1,0 +1,53 @@
+"""``OETDeviceServer <instance> [tango options]``: the OET Tango device server.
+
+Runs one OETDevice per device registered for ``OETDeviceServer/<instance>`` in the Tango
+database, or the devices named on the command line without a database::
+
+    OETDeviceServer test -nodb -dlist oso/oet/1 -ORBendPoint giop:tcp:127.0.0.1:45678
+
+Before Tango starts its threads, ``main`` starts the worker launcher that every device of the
+process shares (scripts' processes come from its fork server, never from forking this
+threaded server), and it raises the event buffer high-water mark so that bursts of script
+events reach subscribers without loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import tango.server
+
+from ..procedure.config import config_from_sources
+from ..procedure.launcher import WorkerLauncher
+from . import runtime
+from .device import OETDevice
+from .logs import configure_process_logging
+
+SERVER_NAME = "OETDeviceServer"
+#: Events a server buffers per client before dropping (cppTango's default is 10,000).
+EVENT_BUFFER_HWM = "200000"
+LOGGER = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the device server until it is told to stop (Ctrl-C, SIGTERM, DServer Kill)."""
+    args = [SERVER_NAME, *(sys.argv[1:] if argv is None else argv)]
+    os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", EVENT_BUFFER_HWM)
+    configure_process_logging()
+    config = config_from_sources(None, os.environ)
+    launcher = WorkerLauncher(config.preload_modules, config.warm_workers)
+    runtime.install_launcher(launcher)
+    try:
+        tango.server.run((OETDevice,), args=args)
+    finally:
+        runtime.install_launcher(None)
+        launcher.close()
+        LOGGER.info("%s stopped", SERVER_NAME)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Event tracing for Tango tests: subscribe, then wait for an event matching a predicate.
+
+    with EventTracer(proxy, "lastEvent") as tracer:
+        proxy.Prepare(body)
+        event = tracer.wait_for(lambda value: json.loads(value)["topic"] == "...", timeout=20)
+
+Values are collected by a Tango callback thread into a list guarded by a condition variable;
+``wait_for`` blocks on that condition (no sleeps) and reports what it saw when it times out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import tango
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class EventTracer:
+    """Collects the change events of one or more attributes of a device."""
+
+    def __init__(
+        self,
+        proxy: tango.DeviceProxy,
+        attributes: str | Iterable[str],
+        event_type: tango.EventType = tango.EventType.CHANGE_EVENT,
+    ):
+        self.proxy = proxy
+        self.attributes = [attributes] if isinstance(attributes, str) else list(attributes)
+        self.event_type = event_type
+        #: (attribute name lower-case, value) in arrival order; errors are kept apart
+        self.events: list[tuple[str, Any]] = []
+        self.errors: list[tuple[str, str]] = []
+        self._changed = threading.Condition()
+        self._ids: list[int] = []
+
+    def __enter__(self) -> EventTracer:
+        for name in self.attributes:
+            self._ids.append(self.proxy.subscribe_event(name, self.event_type, self._on_event))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for event_id in self._ids:
+            with contextlib.suppress(tango.DevFailed):
+                self.proxy.unsubscribe_event(event_id)
+        self._ids.clear()
+
+    def _on_event(self, event: tango.EventData) -> None:
+        name = event.attr_name.split("#", 1)[0].rsplit("/", 1)[-1].lower()
+        with self._changed:
+            if event.err:
+                self.errors.append((name, event.errors[0].reason))
+            else:
+                self.events.append((name, event.attr_value.value))
+            self._changed.notify_all()
+
+    def values(self, attribute: str | None = None) -> list[Any]:
+        with self._changed:
+            return [v for n, v in self.events if attribute is None or n == attribute.lower()]
+
+    def wait_for(
+        self,
+        predicate: Callable[[Any], bool],
+        attribute: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        start: int = 0,
+    ) -> Any:
+        """The first value (of ``attribute``, from the ``start``-th event on) matching
+        ``predicate``; raises AssertionError after ``timeout`` seconds."""
+        found: list[Any] = []
+
+        def match() -> bool:
+            for name, value in self.events[start:]:
+                if attribute is not None and name != attribute.lower():
+                    continue
+                try:
+                    if predicate(value):
+                        found.append(value)
+                        return True
+                except (ValueError, KeyError, TypeError, IndexError):
+                    continue
+            return False
+
+        with self._changed:
+            if not self._changed.wait_for(match, timeout):
+                seen = [v for n, v in self.events if attribute is None or n == attribute.lower()]
+                raise AssertionError(
+                    f"no matching event on {attribute or self.attributes} within {timeout} s; "
+                    f"last values: {seen[-5:]!r}; errors: {self.errors[-3:]}"
+                )
+            return found[0]
+
+    def wait_count(self, count: int, attribute: str, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
+        """Wait until at least ``count`` events of ``attribute`` arrived; return them all."""
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: len(self.values_unlocked(attribute)) >= count, timeout
+            )
+            values = self.values_unlocked(attribute)
+        if not ok:
+            raise AssertionError(f"{len(values)} of {count} {attribute} events within {timeout} s")
+        return values
+
+    def values_unlocked(self, attribute: str) -> list[Any]:
+        return [v for n, v in self.events if n == attribute.lower()]
