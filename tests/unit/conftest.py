@@ -1,4 +1,4 @@
-"""Fixtures for engine tests: real worker processes on the example scripts of tests/scripts."""
+"""Fixtures for engine and activity tests: real worker processes on the scripts of tests/scripts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ska_oso_oet.procedure.domain import PrepareRequest
 from ska_oso_oet.procedure.launcher import WorkerLauncher
 from ska_oso_oet.procedure.service import ScriptExecutionService
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TIMEOUT = 30.0
 
 
@@ -89,6 +89,7 @@ def make_service(
         settings = {
             "script_roots": (SCRIPTS, tmp_path),
             "state_database": tmp_path / "state.sqlite",
+            "sb_store": tmp_path / "sbds",
             "stop_grace_seconds": 1.0,
             "abort_script": script_uri("abort.py"),
             **overrides,

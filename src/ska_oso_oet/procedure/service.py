@@ -411,7 +411,6 @@ class ScriptExecutionService:
     def _persist(self, run: _Run) -> None:
         self._store.save(
             run.procedure.summary(),
-            active=not run.state.is_final,
             pid=run.worker.pid if run.worker else None,
             pid_started=run.worker_started,
         )
@@ -467,7 +466,7 @@ class ScriptExecutionService:
                         else "no script process was left."
                     )
                 )
-                self._store.save(procedure.summary(), active=False)
+                self._store.save(procedure.summary())
             self._runs[procedure.id] = _Run(procedure)
             self._next_id = max(self._next_id, procedure.id + 1)
         self._evict()

@@ -16,7 +16,7 @@ from ska_oso_oet import events as topics
 from ska_oso_oet.procedure.domain import FunctionArgs, ProcedureState
 from ska_oso_oet.procedure.errors import InvalidRequest, ProcedureNotFound, StateConflict
 
-from .conftest import SCRIPTS, TIMEOUT, EventRecorder, prepare_request, prepare_uri, script_uri
+from ..conftest import SCRIPTS, TIMEOUT, EventRecorder, prepare_request, prepare_uri, script_uri
 
 S = ProcedureState
 FINAL = {S.COMPLETE, S.FAILED, S.STOPPED}
