@@ -92,7 +92,9 @@ def main() -> None:
                 results["stop_stopped"] = _figure(stops)
             service.shutdown()
             launcher.close()
-        cold = [cold_interpreter(root / "tango_script.py") for _ in range(max(5, options.repeat // 3))]
+        cold = [
+            cold_interpreter(root / "tango_script.py") for _ in range(max(5, options.repeat // 3))
+        ]
         results["prepare_ready_cold_interpreter_baseline"] = _figure(cold)
         base = results["prepare_ready_cold_interpreter_baseline"]["median_ms"]
         for label in ("warm_pool", "fork_server"):

@@ -41,7 +41,7 @@ def _render_unjsonable(obj: Any) -> Any:
         return sorted(obj, key=repr)
     if isinstance(obj, bytes):
         return obj.decode("utf-8", errors="replace")
-    return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False, keys=False))
+    return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False, keys=True))
 
 
 def dumps(data: Any) -> str:

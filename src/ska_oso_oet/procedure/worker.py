@@ -59,7 +59,7 @@ def _render(obj: Any) -> Any:
     try:
         import jsonpickle
 
-        return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False, keys=False))
+        return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False, keys=True))
     except Exception:
         return repr(obj)
 
