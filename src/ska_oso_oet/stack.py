@@ -1,0 +1,333 @@
+"""``oet-stack``: the whole OET on one machine with one command.
+
+1. starts a Tango database (``PyDatabaseds`` from pytango-db, on sqlite) on a free port,
+2. registers the OET devices ``oso/oet/1..N`` from the ``deviceservers/`` dsconfig file,
+3. starts ``OETDeviceServer`` and waits until every device answers,
+4. starts the extra services (the REST gateway hooks in here, see :data:`SERVICES`),
+5. prints ``TANGO_HOST`` and the device names, and runs until Ctrl-C or SIGTERM, when it stops
+   everything in reverse order (scripts are stopped by the device server itself).
+
+Everything lives under ``--data-dir`` (default ``var/oet-stack``): the Tango database, the
+procedure history of each device and the logs of each process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SERVER = "OETDeviceServer"
+INSTANCE = "oet"
+DEVICE_CLASS = "OETDevice"
+MAX_SUBARRAYS = 16
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+_PORT_LINE = re.compile(rb"Database DS listening on:.*, port=(\d+)\.")
+#: Where the dsconfig file lives in a source checkout.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deviceservers" / "oet.json"
+
+
+@dataclass
+class StackContext:
+    """What extra services need to know to join the stack."""
+
+    options: argparse.Namespace
+    tango_host: str
+    devices: list[str]
+    data_dir: Path
+    env: dict[str, str]
+
+
+#: A service started after the devices answer: returns the process it started (the stack
+#: stops it first on shutdown) or None. It should wait until the service is ready.
+ServiceStarter = Callable[[StackContext], "subprocess.Popen[bytes] | None"]
+
+
+@dataclass
+class Service:
+    name: str
+    start: ServiceStarter
+    #: adds the service's options to the ``oet-stack`` parser
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+#: Extra services of the stack, started in order. The REST gateway adds itself here.
+SERVICES: list[Service] = []
+
+
+def register_service(service: Service) -> None:
+    """Add a service to ``oet-stack`` (e.g. the REST gateway)."""
+    SERVICES.append(service)
+
+
+# ----- configuration --------------------------------------------------------------------------
+def load_devices(config: Path | None, subarrays: int) -> dict[str, dict[str, list[str]]]:
+    """Device name -> properties of ``oso/oet/1..subarrays`` from a dsconfig file."""
+    if config is not None and config.exists():
+        data = json.loads(config.read_text())
+        devices = data["servers"][SERVER][INSTANCE][DEVICE_CLASS]
+    else:  # an installed wheel has no deviceservers/ folder: same content, built here
+        devices = {f"oso/oet/{n}": {"properties": {"SubarrayId": [str(n)]}} for n in range(1, 17)}
+    wanted = [f"oso/oet/{n}" for n in range(1, subarrays + 1)]
+    missing = [name for name in wanted if name not in devices]
+    if missing:
+        raise SystemExit(f"oet-stack: {config} does not define {', '.join(missing)}")
+    return {name: dict(devices[name].get("properties", {})) for name in wanted}
+
+
+def device_properties(
+    properties: dict[str, list[str]], name: str, options: argparse.Namespace
+) -> dict[str, list[str]]:
+    """The dsconfig properties plus the stack's own: history file, script roots, abort."""
+    result = {k: [str(v) for v in vs] for k, vs in properties.items()}
+    result["StateDatabase"] = [str(options.data_dir / f"{name.replace('/', '_')}.sqlite")]
+    if options.scripts:
+        result["ScriptRoots"] = [str(Path(p).resolve()) for p in options.scripts]
+    if options.abort_script:
+        result["AbortScript"] = [options.abort_script]
+    return result
+
+
+# ----- processes ------------------------------------------------------------------------------
+def _log_file(data_dir: Path, name: str) -> Any:
+    return (data_dir / f"{name}.log").open("ab")
+
+
+def start_database(
+    data_dir: Path, host: str, port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen, int]:
+    """Start PyDatabaseds on sqlite; return the process and its port once it answers."""
+    import tango
+
+    db_env = {**env, "PYTANGO_DATABASE_NAME": str(data_dir / "tango_database.db")}
+    log_path = data_dir / "databaseds.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                _executable("PyDatabaseds"),
+                "--port",
+                str(port),
+                "--host",
+                host,
+                "--print-host-port",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=db_env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    actual = port or None
+    while actual is None:
+        match = _PORT_LINE.search(log_path.read_bytes())
+        if match:
+            actual = int(match.group(1))
+        else:
+            _check_alive(process, "PyDatabaseds", log_path, deadline)
+            time.sleep(0.05)  # waiting for a child's start-up line
+    while True:
+        try:
+            tango.Database(host, actual).get_info()
+            return process, actual
+        except tango.DevFailed:
+            _check_alive(process, "PyDatabaseds", log_path, deadline)
+            time.sleep(0.1)
+
+
+def register_devices(tango_host: str, devices: dict[str, dict[str, list[str]]]) -> None:
+    """Declare the devices of ``OETDeviceServer/oet`` and their properties."""
+    import tango
+
+    host, port = tango_host.rsplit(":", 1)
+    db = tango.Database(host, int(port))
+    for name, properties in devices.items():
+        info = tango.DbDevInfo()
+        info.name, info._class, info.server = name, DEVICE_CLASS, f"{SERVER}/{INSTANCE}"
+        db.add_device(info)
+        if properties:
+            db.put_device_property(name, properties)
+
+
+def start_device_server(data_dir: Path, host: str, env: dict[str, str]) -> subprocess.Popen:
+    with _log_file(data_dir, "OETDeviceServer") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ska_oso_oet.tango.server",
+                INSTANCE,
+                "-ORBendPoint",
+                f"giop:tcp:{host}:0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def wait_for_devices(
+    tango_host: str, devices: Sequence[str], process: subprocess.Popen, data_dir: Path
+) -> None:
+    import tango
+
+    deadline = time.monotonic() + START_TIMEOUT
+    for name in devices:
+        proxy = None
+        while True:
+            try:
+                proxy = proxy or tango.DeviceProxy(f"tango://{tango_host}/{name}")
+                proxy.ping()
+                proxy.state()
+                break
+            except tango.DevFailed:
+                _check_alive(process, SERVER, data_dir / "OETDeviceServer.log", deadline)
+                time.sleep(0.1)
+
+
+def _check_alive(process: subprocess.Popen, name: str, log: Path, deadline: float) -> None:
+    if process.poll() is not None:
+        raise RuntimeError(f"{name} exited with code {process.returncode}; see {log}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"{name} did not become ready within {START_TIMEOUT} s; see {log}")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, wait, then SIGKILL the process group."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _executable(name: str) -> str:
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+# ----- the stack ------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """The running processes, stopped in reverse order of start."""
+
+    processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def add(self, name: str, process: subprocess.Popen) -> None:
+        self.processes.append((name, process))
+
+    def stop(self) -> None:
+        for _, process in reversed(self.processes):
+            stop_process(process)
+        self.processes.clear()
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, process in self.processes:
+            if process.poll() is not None:
+                return name, process.returncode
+        return None
+
+
+def start(options: argparse.Namespace, stack: Stack) -> StackContext:
+    """Start database, device server and services; fill ``stack`` as processes start."""
+    data_dir: Path = options.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    db_process, port = start_database(data_dir, options.host, options.port, env)
+    stack.add("PyDatabaseds", db_process)
+    tango_host = f"{options.host}:{port}"
+    env["TANGO_HOST"] = tango_host
+    devices = load_devices(options.config, options.subarrays)
+    register_devices(
+        tango_host,
+        {name: device_properties(props, name, options) for name, props in devices.items()},
+    )
+    server = start_device_server(data_dir, options.host, env)
+    stack.add(SERVER, server)
+    wait_for_devices(tango_host, list(devices), server, data_dir)
+    context = StackContext(options, tango_host, list(devices), data_dir, env)
+    for service in SERVICES:
+        process = service.start(context)
+        if process is not None:
+            stack.add(service.name, process)
+    return context
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oet-stack",
+        description="Run the OET (Tango database on sqlite, OET device server and services) "
+        "until Ctrl-C.",
+    )
+    parser.add_argument(
+        "--subarrays", type=int, default=1, help=f"devices oso/oet/1..N to run (1-{MAX_SUBARRAYS})"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=0, help="Tango database port (0: a free one)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("var/oet-stack"), help="databases and logs"
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="dsconfig JSON file")
+    parser.add_argument(
+        "--scripts",
+        action="append",
+        metavar="DIR",
+        help="folder file:// scripts may come from (repeatable; default: /scripts and ./scripts)",
+    )
+    parser.add_argument("--abort-script", help="file:// URI of the abort script")
+    for service in SERVICES:
+        service.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    if not 1 <= options.subarrays <= MAX_SUBARRAYS:
+        raise SystemExit(f"oet-stack: --subarrays must be between 1 and {MAX_SUBARRAYS}")
+    options.data_dir = options.data_dir.resolve()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack()
+    try:
+        context = start(options, stack)
+        print(f"TANGO_HOST={context.tango_host}")
+        for name in context.devices:
+            print(f"device {name}")
+        print(f"data and logs in {context.data_dir}; Ctrl-C stops the stack", flush=True)
+        while not stop.wait(1.0):
+            exited = stack.first_exited()
+            if exited:
+                print(
+                    f"oet-stack: {exited[0]} exited with code {exited[1]}; stopping",
+                    file=sys.stderr,
+                )
+                return 1
+        return 0
+    except RuntimeError as exc:
+        print(f"oet-stack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+        print("oet-stack stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
