@@ -31,7 +31,6 @@ Repositories must match an allow-list of URL patterns (``fnmatch`` style, ``*`` 
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import hashlib
 import logging
@@ -39,7 +38,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from git.exc import GitCommandError, GitCommandNotFound
 
 from .domain import GitArgs, GitScript
 from .errors import InvalidRequest, OetError
+from .filelock import FileLock
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,98 +90,6 @@ class ScriptNotFound(GitError):
 
 class GitTimeout(GitError):
     """Cloning or fetching took longer than the configured timeout."""
-
-
-# --------------------------------------------------------------------------------------------
-# File locks (also used by the environment cache)
-
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
-
-
-def _thread_lock(path: Path) -> threading.Lock:
-    with _THREAD_LOCKS_GUARD:
-        return _THREAD_LOCKS.setdefault(str(path), threading.Lock())
-
-
-class FileLock:
-    """An exclusive or shared lock on ``path`` that works between threads and processes.
-
-    ``flock`` locks belong to an open file description, so every holder opens the file itself
-    and conflicting holders exclude each other whether they are threads or processes; the kernel
-    drops the lock if the holder dies. Exclusive waiters in one process queue on a
-    ``threading.Lock`` first (no polling); only waiting for another *process* polls, with a short
-    back-off, which is fine for the rare, slow operations guarded here (fetching, building).
-    """
-
-    def __init__(self, path: Path, shared: bool = False):
-        self.path = Path(path)
-        self.shared = shared
-        self._fd: int | None = None
-        self._thread_lock = None if shared else _thread_lock(self.path)
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Take the lock; wait at most ``timeout`` seconds (None: forever, 0: try once).
-
-        Returns False when the lock could not be taken in time.
-        """
-        if self._fd is not None:
-            raise RuntimeError(f"lock {self.path} is already held by this object")
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        if self._thread_lock is not None:
-            ok = (
-                self._thread_lock.acquire()
-                if deadline is None
-                else self._thread_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0))
-            )
-            if not ok:
-                return False
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except BaseException:
-            if self._thread_lock is not None:
-                self._thread_lock.release()
-            raise
-        mode = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, mode)
-                self._fd = fd
-                return True
-            except BlockingIOError:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    os.close(fd)
-                    if self._thread_lock is not None:
-                        self._thread_lock.release()
-                    return False
-                time.sleep(delay if remaining is None else min(delay, remaining))
-                delay = min(delay * 2, 0.2)
-
-    def release(self) -> None:
-        """Drop the lock (a no-op when it is not held)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-            if self._thread_lock is not None:
-                self._thread_lock.release()
-
-    def __enter__(self) -> FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 # --------------------------------------------------------------------------------------------

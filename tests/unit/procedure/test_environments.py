@@ -1,0 +1,490 @@
+"""Tests of the virtualenv cache: real virtualenv and pip runs, offline, on a tiny local package.
+
+Builds take a second or two each, so the tests share one wheelhouse and keep the number of
+builds small; specs without requirements (virtualenv only) stand in where pip is not the point.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ska_oso_oet.procedure.dependencies import (
+    DependencySpec,
+    DependencySpecError,
+    poetry_requirements,
+    read_dependency_spec,
+    requirements_spec,
+)
+from ska_oso_oet.procedure.domain import GitArgs
+from ska_oso_oet.procedure.environments import (
+    EnvironmentBuildFailed,
+    EnvironmentCache,
+    EnvironmentCancelled,
+    EnvironmentFailure,
+    EnvironmentTimeout,
+)
+from ska_oso_oet.procedure.errors import OetError
+from ska_oso_oet.procedure.git import GitCache
+from tests.support.gitrepos import build_wheel, make_script_repo
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EMPTY = DependencySpec("none", "")
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("wheels")
+    build_wheel(folder, "oettiny", "1.0")
+    build_wheel(folder, "oettiny", "2.0")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def hermetic_pip(monkeypatch):
+    """Ignore the machine's pip configuration (indexes, find-links): only our wheelhouse."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def offline(wheelhouse: Path) -> tuple[str, ...]:
+    return ("--no-index", "--find-links", str(wheelhouse))
+
+
+@pytest.fixture
+def cache(tmp_path, wheelhouse) -> EnvironmentCache:
+    return EnvironmentCache(tmp_path / "envs", pip_options=offline(wheelhouse), build_timeout=120)
+
+
+def run_python(python: Path, code: str) -> str:
+    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def leftovers(root: Path) -> list[str]:
+    """Everything a failed build might have left behind (builds, links, temporary links)."""
+    found = []
+    for sub in ("builds", "envs"):
+        folder = root / sub
+        found += [f"{sub}/{p.name}" for p in folder.iterdir()] if folder.is_dir() else []
+    return found
+
+
+def hanging_server() -> tuple[socket.socket, list[socket.socket], threading.Event]:
+    """A TCP server that accepts connections and never answers (a stuck package index)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held, stop
+
+
+class TestDependencySpecs:
+    def test_pyproject_dependencies_are_canonical(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text(
+            '[project]\nname = "x"\ndependencies = ["oettiny  ==1.0", "numpy>=1"]\n'
+        )
+        spec = read_dependency_spec(tmp_path)
+        assert (spec.kind, spec.requirements) == ("pyproject", ("numpy>=1", "oettiny ==1.0"))
+        (tmp_path / "pyproject.toml").write_text(
+            '[project]\nname = "x"  # renamed comment\ndependencies = [\n "numpy>=1",\n'
+            ' "oettiny ==1.0",\n]\n'
+        )
+        assert read_dependency_spec(tmp_path).text == spec.text
+
+    def test_dynamic_dependencies_fall_back_to_requirements(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text(
+            '[project]\nname = "x"\ndynamic = ["dependencies"]\ndependencies = []\n'
+        )
+        (tmp_path / "requirements.txt").write_text("oettiny==1.0\n")
+        spec = read_dependency_spec(tmp_path)
+        assert spec.kind == "requirements"
+        assert spec.source == tmp_path / "requirements.txt"
+
+    def test_requirements_ignore_comments_and_inline_nested_files(self, tmp_path):
+        (tmp_path / "requirements.txt").write_text("# pinned\noettiny==1.0  # why\n\n-r more.txt\n")
+        (tmp_path / "more.txt").write_text("numpy\n")
+        spec = read_dependency_spec(tmp_path)
+        assert spec.text == "oettiny==1.0\n-r more.txt\nnumpy"
+        (tmp_path / "more.txt").write_text("numpy<2\n")
+        assert read_dependency_spec(tmp_path).text != spec.text
+
+    def test_nothing_declared_gives_an_empty_spec(self, tmp_path):
+        spec = read_dependency_spec(tmp_path)
+        assert spec.is_empty and spec.kind == "none"
+
+    def test_broken_pyproject_is_a_readable_error(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text("[project\n")
+        with pytest.raises(DependencySpecError, match=r"cannot read pyproject\.toml"):
+            read_dependency_spec(tmp_path)
+
+    def test_poetry_constraints_translate_to_pep508(self):
+        deps = {
+            "python": "^3.11",
+            "a": "^1.2.3",
+            "b": "^0.2",
+            "c": "~1.4",
+            "d": "*",
+            "e": "2.0.1",
+            "f": ">=1.0,<3",
+            "g": {"version": "^0.0.3", "extras": ["x", "y"], "markers": "sys_platform == 'linux'"},
+            "h": {"version": "1.0", "optional": True},
+        }
+        assert poetry_requirements(deps) == [
+            "a>=1.2.3,<2",
+            "b>=0.2,<0.3",
+            "c>=1.4,<1.5",
+            "d",
+            "e==2.0.1",
+            "f>=1.0,<3",
+            "g[x,y]>=0.0.3,<0.0.4; sys_platform == 'linux'",
+        ]
+
+    @pytest.mark.parametrize("spec", [{"git": "https://x/y.git"}, "^1 || ^2", [{"version": "1"}]])
+    def test_unsupported_poetry_forms_name_the_dependency(self, spec):
+        with pytest.raises(DependencySpecError, match=r"'oddity'.*requirements\.txt"):
+            poetry_requirements({"oddity": spec})
+
+    def test_poetry_section_is_read_from_pyproject(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text(
+            '[tool.poetry.dependencies]\npython = "^3.11"\noettiny = "^1.0"\n'
+        )
+        spec = read_dependency_spec(tmp_path)
+        assert (spec.kind, spec.requirements) == ("poetry", ("oettiny>=1.0,<2",))
+
+
+class TestKeys:
+    def test_key_depends_on_requirements_and_options_only(self, tmp_path, wheelhouse):
+        cache = EnvironmentCache(tmp_path, pip_options=offline(wheelhouse))
+        key = cache.key_for(requirements_spec("oettiny==1.0\n# comment\n", base_dir=tmp_path))
+        assert key.startswith(f"py{sys.version_info[0]}.{sys.version_info[1]}-")
+        assert key == cache.key_for(requirements_spec("  oettiny==1.0 "))
+        assert key != cache.key_for(requirements_spec("oettiny==2.0"))
+        assert key != EnvironmentCache(tmp_path).key_for(requirements_spec("oettiny==1.0"))
+
+    def test_configuration_is_checked(self, tmp_path):
+        with pytest.raises(ValueError, match="not found"):
+            EnvironmentCache(tmp_path, python="no-such-python-3.99")
+        with pytest.raises(ValueError):
+            EnvironmentCache(tmp_path, build_timeout=0)
+        with pytest.raises(ValueError):
+            EnvironmentCache(tmp_path, max_count=0)
+
+
+class TestBuildAndReuse:
+    def test_reuse_across_commits_and_rebuild_on_dependency_change(
+        self, tmp_path, cache, record_property
+    ):
+        repo = make_script_repo(tmp_path / "repos" / "scripts", requirements="oettiny==1.0\n")
+        first_commit = repo.head()
+        second_commit = repo.commit({"scripts/hello.py": "def main():\n    return 2\n"})
+        third_commit = repo.commit({"requirements.txt": "oettiny==2.0\n"}, "bump oettiny")
+        git_cache = GitCache(tmp_path / "git", allowed_repos=[repo.url])
+
+        def prepare(commit: str, lines: list[str]):
+            checkout = git_cache.checkout(GitArgs(repo.url, git_commit=commit))
+            started = time.perf_counter()
+            lease = cache.acquire_for_checkout(checkout.path, lines.append)
+            return lease, time.perf_counter() - started
+
+        first_lines: list[str] = []
+        first, first_seconds = prepare(first_commit, first_lines)
+        reused, reuse_seconds = prepare(second_commit, [])
+        rebuilt, rebuild_seconds = prepare(third_commit, [])
+        try:
+            assert first.built and not reused.built and rebuilt.built
+            assert reused.python == first.python and reused.key == first.key
+            assert rebuilt.key != first.key
+            version = "import oettiny; print(oettiny.VERSION)"
+            assert run_python(first.python, version) == "1.0"
+            assert run_python(rebuilt.python, version) == "2.0"
+            assert any(line.startswith("$ ") and "virtualenv" in line for line in first_lines)
+            assert "Successfully installed oettiny-1.0" in first_lines
+        finally:
+            for lease in (first, reused, rebuilt):
+                lease.release()
+        record_property("first_build_seconds", round(first_seconds, 3))
+        record_property("reuse_seconds", round(reuse_seconds, 4))
+        print(
+            f"\nenvironment timings: first build {first_seconds:.2f} s, reuse "
+            f"{reuse_seconds * 1000:.1f} ms, rebuild after dependency change {rebuild_seconds:.2f} s"
+        )
+        assert reuse_seconds < first_seconds
+
+    def test_output_is_streamed_while_the_build_runs(self, cache):
+        spec = requirements_spec("oettiny==1.0")
+        key = cache.key_for(spec)
+        published_during_build: list[bool] = []
+
+        def on_line(line: str) -> None:
+            if line.startswith("Successfully installed"):
+                published_during_build.append((cache.root / "envs" / key).exists())
+            raise RuntimeError("a broken listener must not break the build")
+
+        with cache.acquire(spec, on_line) as lease:
+            assert published_during_build == [False]
+            assert lease.built and lease.held
+        assert not lease.held
+
+    def test_threads_wait_for_a_single_build(self, cache):
+        spec = requirements_spec("oettiny==1.0")
+        barrier = threading.Barrier(4)
+        leases, errors, commands = [], [], []
+
+        def request() -> None:
+            try:
+                barrier.wait(timeout=10)
+                leases.append(cache.acquire(spec, commands.append))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=request) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        try:
+            assert not errors and len(leases) == 4
+            assert sum(lease.built for lease in leases) == 1
+            assert len({lease.python for lease in leases}) == 1
+            assert (
+                sum(1 for line in commands if line.startswith("$ ") and "virtualenv" in line) == 1
+            )
+        finally:
+            for lease in leases:
+                lease.release()
+
+    def test_processes_wait_for_a_single_build(self, tmp_path, wheelhouse):
+        code = textwrap.dedent(
+            """
+            import sys
+            from ska_oso_oet.procedure.environments import EnvironmentCache, requirements_spec
+            cache = EnvironmentCache(sys.argv[1], pip_options=sys.argv[2:], build_timeout=120)
+            with cache.acquire(requirements_spec("oettiny==1.0")) as lease:
+                print(lease.python, lease.built)
+            """
+        )
+        args = [str(tmp_path / "shared"), *offline(wheelhouse)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO_ROOT,
+            )
+            for _ in range(3)
+        ]
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=150)
+            assert proc.returncode == 0, err
+            results.append(out.split())
+        assert len({python for python, _ in results}) == 1
+        assert [built for _, built in results].count("True") == 1
+
+    def test_broken_published_environment_is_rebuilt(self, cache):
+        with cache.acquire(EMPTY) as lease:
+            pass
+        lease.python.unlink()
+        with cache.acquire(EMPTY) as again:
+            assert again.built and again.python.exists()
+        assert len(list((cache.root / "builds").iterdir())) == 1
+
+
+class TestFailures:
+    def test_pip_failure_is_readable_and_leaves_nothing(self, cache):
+        spec = requirements_spec("oettiny==1.0\nnosuchpkg==1")
+        with pytest.raises(EnvironmentBuildFailed) as info:
+            cache.acquire(spec)
+        message = str(info.value)
+        assert "pip install failed (exit status 1) building environment py" in message
+        assert "No matching distribution found for nosuchpkg==1" in message
+        assert isinstance(info.value, OetError) and info.value.code == "OET_ENVIRONMENT_ERROR"
+        assert leftovers(cache.root) == []
+        record = json.loads((cache.root / "state" / f"{cache.key_for(spec)}.failed").read_text())
+        assert "nosuchpkg" in record["message"]
+
+    def test_waiters_share_the_failure_and_later_requests_retry(self, cache):
+        spec = requirements_spec("nosuchpkg==1")
+        barrier = threading.Barrier(3)
+        errors, commands = [], []
+
+        def request() -> None:
+            try:
+                barrier.wait(timeout=10)
+                cache.acquire(spec, commands.append)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=request) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(errors) == 3 and all(isinstance(e, EnvironmentBuildFailed) for e in errors)
+        assert all("nosuchpkg" in str(e) for e in errors)
+        assert sum(1 for line in commands if line.startswith("$ ") and "pip" in line) == 1
+        # A request made after the failure tries again (the index may have been fixed).
+        retry: list[str] = []
+        with pytest.raises(EnvironmentBuildFailed):
+            cache.acquire(spec, retry.append)
+        assert any(line.startswith("$ ") and "pip" in line for line in retry)
+
+    def test_build_timeout_kills_pip_and_leaves_nothing(self, tmp_path):
+        server, held, stop = hanging_server()
+        index = f"http://127.0.0.1:{server.getsockname()[1]}/simple"
+        cache = EnvironmentCache(
+            tmp_path / "envs", pip_options=("--index-url", index, "--retries", "0"), build_timeout=4
+        )
+        try:
+            started = time.monotonic()
+            with pytest.raises(EnvironmentTimeout, match=r"timed out after 4 s building"):
+                cache.acquire(requirements_spec("oettiny==1.0"))
+            assert time.monotonic() - started < 30
+        finally:
+            stop.set()
+            server.close()
+            for conn in held:
+                conn.close()
+        assert leftovers(cache.root) == []
+        stray = [
+            p.info["pid"]
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if any(str(cache.root) in part for part in p.info["cmdline"] or ())
+        ]
+        assert stray == []
+
+    def test_cancel_stops_the_build(self, tmp_path):
+        server, held, stop = hanging_server()
+        index = f"http://127.0.0.1:{server.getsockname()[1]}/simple"
+        cache = EnvironmentCache(tmp_path / "envs", pip_options=("--index-url", index))
+        cancel = threading.Event()
+
+        def on_line(line: str) -> None:
+            if line.startswith("$ ") and " pip " in line:
+                threading.Timer(0.5, cancel.set).start()
+
+        try:
+            with pytest.raises(EnvironmentCancelled, match="pip install cancelled"):
+                cache.acquire(requirements_spec("oettiny==1.0"), on_line, cancel)
+        finally:
+            stop.set()
+            server.close()
+            for conn in held:
+                conn.close()
+        assert leftovers(cache.root) == []
+
+    def test_unusable_interpreter(self, tmp_path):
+        fake = tmp_path / "python-broken"
+        fake.write_text("#!/bin/sh\nexit 3\n")
+        fake.chmod(0o755)
+        cache = EnvironmentCache(tmp_path / "envs", python=fake)
+        with pytest.raises(EnvironmentFailure, match="cannot run Python interpreter"):
+            cache.acquire(EMPTY)
+
+
+class TestEviction:
+    def test_lru_eviction_never_removes_an_environment_in_use(self, tmp_path):
+        root = tmp_path / "envs"
+        limited = EnvironmentCache(root, max_count=1)
+        caches = [
+            EnvironmentCache(root, virtualenv_options=opts, max_count=1)
+            for opts in [("--no-setuptools",), ("--no-vcs-ignore",), ("--prompt", "c")]
+        ]
+        a = caches[0].acquire(EMPTY)  # held throughout: in use
+        b = caches[1].acquire(EMPTY)
+        b.release()
+        c = caches[2].acquire(EMPTY)  # its build evicts b (least recently used, idle)
+        keys = {info.key for info in limited.environments()}
+        assert keys == {a.key, c.key}  # a is older than b but in use: kept over the limit
+        assert not b.path.exists() and a.python.exists() and c.python.exists()
+        a.release()
+        assert limited.evict() == [a.key]
+        c.release()
+        assert limited.evict() == []
+        assert [info.key for info in limited.environments()] == [c.key]
+
+    def test_least_recently_used_goes_first_and_size_limit_applies(self, tmp_path):
+        root = tmp_path / "envs"
+        first = EnvironmentCache(root, virtualenv_options=("--no-setuptools",))
+        second = EnvironmentCache(root, virtualenv_options=("--no-vcs-ignore",))
+        with first.acquire(EMPTY) as one:
+            pass
+        with second.acquire(EMPTY) as two:
+            pass
+        with first.acquire(EMPTY) as again:  # reuse makes `one` the most recently used
+            assert not again.built
+        infos = first.environments()
+        assert [i.key for i in infos] == [two.key, one.key]
+        assert all(i.size_bytes > 100_000 and not i.in_use for i in infos)
+        sized = EnvironmentCache(root, max_total_bytes=infos[1].size_bytes + 1)
+        assert sized.evict() == [two.key]
+        assert EnvironmentCache(root, max_total_bytes=1).evict() == [one.key]
+        assert leftovers(root) == []
+
+    def test_lease_held_by_another_process_protects_the_environment(self, tmp_path):
+        root = tmp_path / "envs"
+        with EnvironmentCache(root).acquire(EMPTY) as lease:
+            pass
+        code = textwrap.dedent(
+            """
+            import sys, time
+            from ska_oso_oet.procedure.environments import DependencySpec, EnvironmentCache
+            lease = EnvironmentCache(sys.argv[1]).acquire(DependencySpec("none", ""))
+            print("leased", lease.built, flush=True)
+            sys.stdin.readline()
+            """
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        try:
+            assert proc.stdout.readline().split() == ["leased", "False"]
+            evictor = EnvironmentCache(root, max_total_bytes=1)
+            assert evictor.evict() == []
+            assert [i.in_use for i in evictor.environments()] == [True]
+            proc.stdin.write("done\n")
+            proc.stdin.flush()
+            assert proc.wait(timeout=30) == 0
+            assert evictor.evict() == [lease.key]
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            proc.stdin.close()
+            proc.stdout.close()
+
+    def test_builds_left_by_a_crashed_process_are_removed(self, cache):
+        with cache.acquire(EMPTY) as lease:
+            pass
+        crashed = cache.root / "builds" / f"{lease.key}.deadbeef"
+        crashed.mkdir()
+        (crashed / "half-written").write_text("x")
+        assert cache.evict() == []
+        assert not crashed.exists() and lease.python.exists()
