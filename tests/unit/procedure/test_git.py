@@ -11,13 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ska_oso_oet.procedure.domain import GitArgs, GitScript
 from ska_oso_oet.procedure.errors import InvalidRequest, OetError
+from ska_oso_oet.procedure.filelock import FileLock
 from ska_oso_oet.procedure.git import (
     Checkout,
-    FileLock,
     GitCache,
     GitError,
     GitTimeout,
@@ -350,7 +351,7 @@ class TestFileLock:
     def test_lock_of_a_dead_process_is_released(self, tmp_path):
         code = (
             "import sys, time\n"
-            "from ska_oso_oet.procedure.git import FileLock\n"
+            "from ska_oso_oet.procedure.filelock import FileLock\n"
             "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
             "time.sleep(60)\n"
         )
@@ -370,3 +371,37 @@ class TestFileLock:
             proc.kill()
             proc.wait(timeout=10)
             proc.stdout.close()
+
+    def test_waiter_relocks_a_lock_file_deleted_by_its_holder(self, tmp_path):
+        """Eviction deletes lock files while holding them; a waiter must then lock the new
+        file, or it would share nothing with later lockers (checked from another process)."""
+        path = tmp_path / "x.lock"
+        holder = FileLock(path)
+        assert holder.acquire(timeout=0)
+        waiter = FileLock(path, shared=True)
+        got: list[bool] = []
+        thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=30)))
+        thread.start()
+        deadline = time.monotonic() + 30
+        me = psutil.Process()
+        while sum(f.path == str(path) for f in me.open_files()) < 2:  # the waiter is waiting
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        holder.unlink()
+        holder.release()
+        thread.join(timeout=30)
+        assert got == [True]
+        probe = (
+            "import sys\n"
+            "from ska_oso_oet.procedure.filelock import FileLock\n"
+            "print(FileLock(sys.argv[1]).acquire(timeout=0))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert result.stdout.strip() == "False", result.stderr
+        waiter.release()
+        result = subprocess.run(
+            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert result.stdout.strip() == "True", result.stderr
