@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,6 +36,8 @@ class EventTracer:
         #: (attribute name lower-case, value) in arrival order; errors are kept apart
         self.events: list[tuple[str, Any]] = []
         self.errors: list[tuple[str, str]] = []
+        #: arrival time (time.perf_counter) of each entry of ``events``
+        self.arrivals: list[float] = []
         self._changed = threading.Condition()
         self._ids: list[int] = []
 
@@ -59,6 +62,7 @@ class EventTracer:
                 self.errors.append((name, event.errors[0].reason))
             else:
                 self.events.append((name, event.attr_value.value))
+                self.arrivals.append(time.perf_counter())
             self._changed.notify_all()
 
     def values(self, attribute: str | None = None) -> list[Any]:
@@ -75,9 +79,12 @@ class EventTracer:
         """The first value (of ``attribute``, from the ``start``-th event on) matching
         ``predicate``; raises AssertionError after ``timeout`` seconds."""
         found: list[Any] = []
+        position = [start]  # events before this index were already checked
 
         def match() -> bool:
-            for name, value in self.events[start:]:
+            while position[0] < len(self.events):
+                name, value = self.events[position[0]]
+                position[0] += 1
                 if attribute is not None and name != attribute.lower():
                     continue
                 try:
@@ -107,6 +114,15 @@ class EventTracer:
         if not ok:
             raise AssertionError(f"{len(values)} of {count} {attribute} events within {timeout} s")
         return values
+
+    def timed(self, attribute: str) -> list[tuple[float, Any]]:
+        """(arrival time, value) of each event of ``attribute``."""
+        with self._changed:
+            return [
+                (t, v)
+                for (n, v), t in zip(self.events, self.arrivals, strict=True)
+                if n == attribute.lower()
+            ]
 
     def values_unlocked(self, attribute: str) -> list[Any]:
         return [v for n, v in self.events if n == attribute.lower()]
