@@ -34,6 +34,7 @@ from ska_oso_oet.procedure.environments import (
     EnvironmentTimeout,
 )
 from ska_oso_oet.procedure.errors import OetError
+from ska_oso_oet.procedure.filelock import FileLock
 from ska_oso_oet.procedure.git import GitCache
 from tests.support.gitrepos import build_wheel, make_script_repo
 
@@ -396,6 +397,23 @@ class TestFailures:
             for conn in held:
                 conn.close()
         assert leftovers(cache.root) == []
+
+    def test_waiting_for_another_build_is_bounded_and_cancellable(self, tmp_path):
+        cache = EnvironmentCache(tmp_path / "envs", build_timeout=1)
+        other_build = FileLock(cache.root / "state" / f"{cache.key_for(EMPTY)}.lock")
+        assert other_build.acquire(timeout=0)
+        try:
+            with pytest.raises(EnvironmentTimeout, match="waiting for another build"):
+                cache.acquire(EMPTY)
+            patient = EnvironmentCache(tmp_path / "envs", build_timeout=60)
+            cancel = threading.Event()
+            threading.Timer(0.3, cancel.set).start()
+            started = time.monotonic()
+            with pytest.raises(EnvironmentCancelled, match="while waiting"):
+                patient.acquire(EMPTY, cancel=cancel)
+            assert time.monotonic() - started < 30
+        finally:
+            other_build.release()
 
     def test_unusable_interpreter(self, tmp_path):
         fake = tmp_path / "python-broken"
