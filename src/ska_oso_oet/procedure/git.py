@@ -331,10 +331,9 @@ class GitCache:
             self._git("check-ref-format", "--branch", branch, deadline=deadline)
         except _GitFailed:
             raise UnknownRevision(f"git_branch {branch!r} is not a valid branch name") from None
+        # Annotated tags: the peeled ``^{}`` entry names the commit, not the tag object.
         wanted = (f"refs/heads/{branch}", f"refs/tags/{branch}^{{}}", f"refs/tags/{branch}")
-        rows = dict(
-            (ref, sha) for sha, ref in self._ls_remote(url, *wanted[::2], deadline=deadline)
-        )
+        rows = {ref: sha for sha, ref in self._ls_remote(url, *wanted, deadline=deadline)}
         for ref in wanted:
             if ref in rows:
                 return rows[ref]

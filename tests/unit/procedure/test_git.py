@@ -100,6 +100,12 @@ class TestResolutionAndCheckout:
         checkout = cache.checkout(GitArgs(repo.url, git_branch="release-1"))
         assert checkout.commit == repo.head("main~1")
 
+    def test_resolve_gives_the_commit_without_downloading(self, cache, repo):
+        repo.tag("release-2", "feature")
+        assert cache.resolve(GitArgs(repo.url, git_branch="release-2")) == repo.head("feature")
+        assert cache.resolve(GitArgs(repo.url)) == repo.head("main")
+        assert not cache.cache_dir.exists()
+
     def test_plain_path_and_file_url_share_the_cache(self, cache, repo):
         by_url = cache.checkout(GitArgs(repo.url))
         by_path = cache.checkout(GitArgs(str(repo.path) + "/"))
