@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import tango
 import tango.server
 
 from ..procedure.config import config_from_sources
@@ -37,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [SERVER_NAME, *(sys.argv[1:] if argv is None else argv)]
     os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", EVENT_BUFFER_HWM)
     configure_process_logging()
-    config = config_from_sources(None, os.environ)
+    warm = _warm_workers_property(args)
+    config = config_from_sources({"warm_workers": warm}, os.environ)
     launcher = WorkerLauncher(config.preload_modules, config.warm_workers)
     runtime.install_launcher(launcher)
     try:
@@ -47,6 +49,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         launcher.close()
         LOGGER.info("%s stopped", SERVER_NAME)
     return 0
+
+
+def _warm_workers_property(args: Sequence[str]) -> int | None:
+    """The largest ``WarmWorkers`` property of this instance's devices in the Tango database.
+
+    The warm pool is shared by the devices of the process, so it is sized before the devices
+    exist. Without a database (``-nodb``, ``-file=``) the OET_WARM_WORKERS variable decides.
+    """
+    if len(args) < 2 or any(a == "-nodb" or a.startswith("-file=") for a in args):
+        return None
+    try:
+        db = tango.Database()
+        listed = db.get_device_class_list(f"{SERVER_NAME}/{args[1]}").value_string
+        names = [n for n in listed[0::2] if not n.lower().startswith("dserver/")]
+        values = [
+            int(v)
+            for name in names
+            for v in db.get_device_property(name, "WarmWorkers")["WarmWorkers"]
+            if str(v).strip().isdigit()
+        ]
+    except (tango.DevFailed, ValueError) as exc:
+        LOGGER.warning("cannot read WarmWorkers from the Tango database: %s", exc)
+        return None
+    return max(values) if values else None
 
 
 if __name__ == "__main__":
