@@ -4,6 +4,7 @@ variables < explicit settings (Tango device properties, command-line options).""
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -41,6 +42,21 @@ class OetConfig:
     preload_modules: tuple[str, ...] = ("tango", "pubsub")
     #: Folder of scheduling block definitions, one ``<sbd_id>.json`` each.
     sb_store: Path = field(default_factory=lambda: _default_data_dir() / "sbds")
+    #: ``fnmatch`` patterns of repositories ``git://`` scripts may come from.
+    allowed_repositories: tuple[str, ...] = (
+        "https://gitlab.com/ska-telescope/*",
+        "https://github.com/ska-telescope/*",
+    )
+    #: Seconds a clone/fetch/checkout may take.
+    git_timeout: float = 120.0
+    #: Seconds building a script's virtualenv may take.
+    env_build_timeout: float = 600.0
+    #: Cached virtualenvs kept (least recently used evicted first; never one in use).
+    env_max_count: int | None = 10
+    #: Disk the cached virtualenvs may use, in bytes (None: no limit).
+    env_max_bytes: int | None = None
+    #: Extra ``pip install`` options for environments, e.g. ``--no-index --find-links /wheels``.
+    pip_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.history_size < 1:
@@ -56,6 +72,16 @@ ENVIRONMENT_VARIABLES = {f.name: "OET_" + f.name.upper() for f in fields(OetConf
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name == "pip_options":
+        return tuple(shlex.split(value) if isinstance(value, str) else (str(v) for v in value))
+    if name == "allowed_repositories":
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    if name in ("env_max_count", "env_max_bytes"):
+        return int(value) if value not in (None, "", 0, "0") else None
+    if name in ("git_timeout", "env_build_timeout"):
+        return float(value)
     if name in ("script_roots", "preload_modules"):
         if isinstance(value, str):
             value = [v for v in value.replace(",", os.pathsep).split(os.pathsep) if v.strip()]

@@ -275,7 +275,9 @@ class WorkerLauncher:
 
     def spawn(self, python: str | None = None) -> WorkerConnection:
         """A worker ready for a ``load`` command; ``python`` selects another interpreter."""
-        if python is not None and os.path.realpath(python) != os.path.realpath(self.python):
+        # Compare paths, not resolved links: a virtualenv's python links to the base binary
+        # but is another environment.
+        if python is not None and os.path.abspath(python) != os.path.abspath(self.python):
             return self._spawn_interpreter(python)
         while True:
             with self._lock:

@@ -13,6 +13,7 @@ happened; each change is also written to the store, so history survives a restar
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -35,7 +36,9 @@ from .domain import (
     Procedure,
     ProcedureState,
 )
-from .errors import EngineUnavailable, InvalidRequest, ProcedureNotFound, StateConflict
+from .environments import EnvironmentCache, EnvironmentLease
+from .errors import EngineUnavailable, InvalidRequest, OetError, ProcedureNotFound, StateConflict
+from .git import GitCache
 from .launcher import WorkerConnection, WorkerLauncher
 from .store import ProcedureStore
 
@@ -62,6 +65,9 @@ class _Run:
     worker: WorkerConnection | None = None
     worker_started: float | None = None
     stop_requested: bool = False
+    #: Set on stop, so that a clone or environment build in progress gives up.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease: EnvironmentLease | None = None
     has_main: bool = False
     kill_timer: threading.Timer | None = field(default=None, repr=False)
 
@@ -184,6 +190,7 @@ class ScriptExecutionService:
                 raise StateConflict(f"procedure {run.id} has already finished ({run.state})")
             first_request = not run.stop_requested
             run.stop_requested = True
+            run.cancel.set()
             worker = run.worker
             summaries = [run.procedure.summary()]
             subarray = run.procedure.script_args.get("init", FunctionArgs()).kwargs.get(
@@ -258,12 +265,19 @@ class ScriptExecutionService:
             else:
                 worker.send({"cmd": "load", "path": path})
             self._pump(run, worker)
-        except Exception as exc:
+        except OetError as exc:  # an expected failure (git, environment): its message says why
+            with self._lock:
+                if run.stop_requested and not run.state.is_final:
+                    self._transition(run, State.STOPPED)
+            self._fail(run, str(exc), None)
+        except Exception as exc:  # a broken procedure must never break the service
             LOGGER.exception("procedure %d failed in the engine", run.id)
             self._fail(run, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         finally:
             if run.kill_timer is not None:
                 run.kill_timer.cancel()
+            if run.lease is not None:
+                run.lease.release()
             if worker is not None:
                 # Nothing of a finished procedure may outlive it, grandchildren included.
                 if worker.group_alive():
@@ -434,7 +448,8 @@ class ScriptExecutionService:
 
     def _check_source(self, script: FileSystemScript | GitScript) -> None:
         if isinstance(script, GitScript):
-            raise InvalidRequest("git:// scripts are not supported by this engine yet")
+            self._git.check_allowed(script.git_args.git_repo)
+            return
         path = os.path.realpath(script.path)
         roots = [os.path.realpath(root) for root in self.config.script_roots]
         if not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
@@ -444,10 +459,45 @@ class ScriptExecutionService:
             )
 
     def _materialise(self, run: _Run) -> tuple[str, str | None]:
-        """The script's local path and the interpreter to run it with (None: the default)."""
+        """The script's local path and the interpreter to run it with (None: the default).
+        For a git script: check out its commit and, with ``create_env``, lease its
+        environment (PREP_ENV)."""
         script = run.procedure.script
-        assert isinstance(script, FileSystemScript)
-        return os.path.realpath(script.path), None
+        if isinstance(script, FileSystemScript):
+            return os.path.realpath(script.path), None
+        checkout = self._git.checkout_script(script)
+        with self._lock:
+            run.procedure.details["git_commit_used"] = checkout.commit
+            self._persist(run)
+            if not script.create_env or run.stop_requested:
+                return str(checkout.script), None
+            self._transition(run, State.PREP_ENV)
+
+        def forward(line: str) -> None:
+            self._publish(topics.SCRIPT_STDOUT, run.id, stream="prep_env", line=line)
+
+        run.lease = self._environments.acquire_for_checkout(checkout.path, forward, run.cancel)
+        with self._lock:
+            run.procedure.details["environment"] = run.lease.key
+            if not run.stop_requested:
+                self._transition(run, State.IDLE)
+        return str(checkout.script), str(run.lease.python)
+
+    @functools.cached_property
+    def _git(self) -> GitCache:
+        config = self.config
+        return GitCache(config.git_cache_dir, config.allowed_repositories, config.git_timeout)
+
+    @functools.cached_property
+    def _environments(self) -> EnvironmentCache:
+        config = self.config
+        return EnvironmentCache(
+            config.environments_dir,
+            pip_options=config.pip_options,
+            build_timeout=config.env_build_timeout,
+            max_count=config.env_max_count,
+            max_total_bytes=config.env_max_bytes,
+        )
 
     def _recover(self) -> None:
         """Load stored history; procedures that were active when the previous service died
