@@ -90,9 +90,12 @@ class DeviceServerProcess:
             self.port = get_server_port_via_pid(self.process.pid, HOST, retries=600, delay=0.1)
             for name in self.devices:
                 self.wait_until_answering(name)
-        except BaseException:
+        except Exception as exc:
+            output = self.output()
             self.stop()
-            raise
+            raise RuntimeError(
+                f"device server did not start: {exc}\n--- its output ---\n{output}"
+            ) from exc
 
     def wait_until_answering(self, name: str, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
