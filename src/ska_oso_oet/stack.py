@@ -95,9 +95,21 @@ def device_properties(
     result["StateDatabase"] = [str(options.data_dir / f"{name.replace('/', '_')}.sqlite")]
     if options.scripts:
         result["ScriptRoots"] = [str(Path(p).resolve()) for p in options.scripts]
-    if options.abort_script:
-        result["AbortScript"] = [options.abort_script]
+    abort = options.abort_script or default_abort_script(options)
+    if abort:
+        result["AbortScript"] = [abort]
     return result
+
+
+def default_abort_script(options: argparse.Namespace) -> str | None:
+    """``abort.py`` of the first script root that has one (the repository's ``scripts/``
+    when run from a checkout), so Abort works out of the box."""
+    roots = [Path(p) for p in options.scripts] if options.scripts else [Path.cwd() / "scripts"]
+    for root in roots:
+        candidate = root.resolve() / "abort.py"
+        if candidate.is_file():
+            return f"file://{candidate}"
+    return None
 
 
 # ----- processes ------------------------------------------------------------------------------
@@ -291,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder file:// scripts may come from (repeatable; default: /scripts and ./scripts)",
     )
-    parser.add_argument("--abort-script", help="file:// URI of the abort script")
+    parser.add_argument(
+        "--abort-script",
+        help="file:// URI of the abort script (default: abort.py of the script roots)",
+    )
     for service in SERVICES:
         service.add_arguments(parser)
     return parser

@@ -64,3 +64,13 @@ def test_registered_service_adds_its_options() -> None:
         assert stack.build_parser().parse_args([]).probe_port == 7
     finally:
         stack.SERVICES.remove(service)
+
+
+def test_abort_script_defaults_to_abort_py_of_the_script_roots(tmp_path: Path) -> None:
+    options = stack.build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--scripts", str(tmp_path)]
+    )
+    assert "AbortScript" not in stack.device_properties({}, "oso/oet/1", options)
+    (tmp_path / "abort.py").write_text("def main():\n    pass\n")
+    props = stack.device_properties({}, "oso/oet/1", options)
+    assert props["AbortScript"] == [f"file://{(tmp_path / 'abort.py').resolve()}"]
