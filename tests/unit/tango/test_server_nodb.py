@@ -29,7 +29,7 @@ def test_server_runs_without_database_and_stops_on_sigterm(tmp_path) -> None:
         "giop:tcp:127.0.0.1:0",
     ]
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**_env(), "OET_WARM_WORKERS": "0"}
+        command, stdout=log, stderr=subprocess.STDOUT, env={**_env(), "OET_WARM_WORKERS": "1"}
     )
     try:
         port = get_server_port_via_pid(process.pid, "127.0.0.1", retries=600, delay=0.1)
