@@ -155,10 +155,10 @@ class OetHttp:
                             opened = True
                             if on_open is not None:
                                 on_open()
+                        if sse.id:
+                            last_id = sse.id  # the first message carries the position too
                         if not sse.data:
                             continue
-                        if sse.id:
-                            last_id = sse.id
                         try:
                             yield json.loads(sse.data)
                         except ValueError:

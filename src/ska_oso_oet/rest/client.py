@@ -18,6 +18,7 @@ import abc
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -157,13 +158,21 @@ class TangoDeviceClient(DeviceClient):
 
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        last_warning = -math.inf
         while self._proxy is None:
             try:
                 await loop.run_in_executor(self._executor, self._connect)
                 LOGGER.info("connected to %s", self.device)
-            except Exception as exc:
+            except Exception as exc:  # keep trying; requests answer 503 meanwhile
                 self._connect_error = str(error_from_any(exc))
-                LOGGER.warning("cannot connect to %s yet: %s", self.device, self._connect_error)
+                quiet = time.monotonic() - last_warning < 30
+                LOGGER.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "cannot connect to %s yet (retrying): %s",
+                    self.device,
+                    self._connect_error,
+                )
+                last_warning = last_warning if quiet else time.monotonic()
                 await asyncio.sleep(self._reconnect_seconds)
 
     def _connect(self) -> None:

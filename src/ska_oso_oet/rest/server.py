@@ -8,6 +8,7 @@ environment, so flags are handed over as ``OET_REST_*`` variables of this proces
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = RestSettings()
     except ValueError as exc:  # pydantic's ValidationError: report it like argparse would
         sys.exit(f"oet-gateway: invalid configuration: {exc}")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
+    )
     uvicorn.run(
         "ska_oso_oet.rest.app:create_app",
         factory=True,

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ska_oso_oet.rest.app import create_app
 from ska_oso_oet.rest.settings import RestSettings
-
-
-def _load_gateway_fakes():
-    """The fake device lives beside the gateway tests; load it by path (no test packages)."""
-    name = "oet_gateway_fakes"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "rest" / "gateway_fakes.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fakes = _load_gateway_fakes()
+from tests.unit.rest import gateway_fakes as fakes
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from gateway_fakes import FakeDevice, serve_in_thread
 
 from ska_oso_oet.rest.app import create_app
 from ska_oso_oet.rest.settings import RestSettings
+from tests.unit.rest.gateway_fakes import FakeDevice, serve_in_thread
 
 
 @pytest.fixture

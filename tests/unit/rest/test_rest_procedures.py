@@ -7,7 +7,8 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from gateway_fakes import FakeDevice
+
+from tests.unit.rest.gateway_fakes import FakeDevice
 
 BASE = "/api/v1.0"
 CREATE = {

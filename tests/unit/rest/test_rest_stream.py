@@ -121,3 +121,16 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+def test_the_first_message_gives_the_position_so_a_quick_reconnect_misses_nothing(
+    server_url, device
+):
+    before = device.emit("user.script.announce", procedure_id=1, msg="old")
+    with httpx.Client(timeout=10) as http:
+        with connect_sse(http, "GET", server_url + STREAM) as source:
+            first = next(iter(source.iter_sse()))
+        assert (first.data, first.id) == ("", str(before))
+        missed = device.emit("user.script.announce", procedure_id=1, msg="while away")
+        received = events_after_ready(server_url + STREAM, 1, headers={"Last-Event-ID": first.id})
+    assert int(received[0].id) == missed

@@ -1,9 +1,10 @@
 """``/stream``: the device's events as Server-Sent Events.
 
 Each event is one SSE message: ``data:`` is the event JSON exactly as the device published it
-(with ``topic``), ``id:`` its sequence number. The first message carries only ``retry:``; it
-tells browsers how soon to reconnect and tells any client that its subscription is in place (so
-a client may open the stream, wait for that message, then act, without missing events). A
+(with ``topic``), ``id:`` its sequence number. The first message has no data: its ``retry:``
+tells browsers how soon to reconnect, its ``id:`` is the current position in the stream (so a
+client that reconnects before any event arrived resumes from there), and its arrival tells any
+client that the subscription is in place (open the stream, wait for it, then act). A
 ``Last-Event-ID`` header (or ``?last_event_id=``) resumes after that event from the replay
 buffer. Silence is broken by keep-alive comments. A client that falls too far behind is
 disconnected rather than slowing anyone else; it resumes with ``Last-Event-ID``.
@@ -39,7 +40,10 @@ async def stream_events(
     """Stream OET events (``text/event-stream``) until the client disconnects."""
     after = _parse_event_id(last_event_id if last_event_id is not None else resume_after)
     with client.hub.subscribe(last_event_id=after) as subscription:
-        yield ServerSentEvent(retry=settings.sse_retry_ms)
+        # The current position as id: a client that reconnects before seeing any event still
+        # resumes from here, rather than missing what happened while it was away.
+        position = after if after is not None else client.hub.last_seq
+        yield ServerSentEvent(retry=settings.sse_retry_ms, id=str(position) if position else None)
         while True:
             event = await subscription.next(timeout=settings.keepalive_seconds)
             if event is not None:
