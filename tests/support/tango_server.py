@@ -99,9 +99,9 @@ class DeviceServerProcess:
 
     def wait_until_answering(self, name: str, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        proxy = self.proxy(name)
         while True:
             try:
+                proxy = self.proxy(name)  # connects at once: fails until the device is exported
                 proxy.ping()
                 proxy.state()
                 return
