@@ -72,6 +72,15 @@ def register_service(service: Service) -> None:
     SERVICES.append(service)
 
 
+def _register_gateway() -> None:
+    from .rest import stack_service  # light: no FastAPI or Tango import
+
+    register_service(Service("oet-gateway", stack_service.start, stack_service.add_arguments))
+
+
+_register_gateway()
+
+
 # ----- configuration --------------------------------------------------------------------------
 def load_devices(config: Path | None, subarrays: int) -> dict[str, dict[str, list[str]]]:
     """Device name -> properties of ``oso/oet/1..subarrays`` from a dsconfig file."""
