@@ -91,18 +91,23 @@ class DeviceClient(abc.ABC):
             return event.data.get("procedure_id") == procedure_id
 
         deadline = time.monotonic() + timeout
-        with self.hub.subscribe(accept=concerns_procedure) as subscription:
+        subscription = self.hub.subscribe(accept=concerns_procedure)
+        try:
             summary = await self.get_procedure(procedure_id)
-            while summary["state"] not in states:
+            while summary["state"] not in states and not self.hub.closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                event = await subscription.next(timeout=min(remaining, 2.0))
-                if event is not None:
-                    new_state = event.data.get("new_state")
+                if subscription.closed:  # overflowed (a chatty script): events are only hints
+                    subscription = self.hub.subscribe(accept=concerns_procedure)
+                else:
+                    event = await subscription.next(timeout=min(remaining, 2.0))
+                    new_state = event.data.get("new_state") if event is not None else None
                     if new_state is not None and new_state not in states:
                         continue  # an intermediate state: no need to ask the device
                 summary = await self.get_procedure(procedure_id)
+        finally:
+            subscription.close()
         return summary
 
 

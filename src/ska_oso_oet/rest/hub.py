@@ -86,6 +86,8 @@ class EventHub:
         self._subscriptions: list[HubSubscription] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_seq = 0
+        #: True once :meth:`close_all` ran (shutdown): new subscriptions start closed.
+        self.closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop that owns the hub; ``feed_threadsafe`` posts to it."""
@@ -129,6 +131,7 @@ class EventHub:
         """A new subscription (loop thread). With ``last_event_id``, the buffered events after it
         are queued first; without, only events published from now on are delivered."""
         subscription = HubSubscription(self, queue_size or self._queue_size, accept)
+        subscription.closed = self.closed
         if last_event_id is not None:
             for event in self._replay:
                 if event.seq > last_event_id:
@@ -154,5 +157,6 @@ class EventHub:
 
     def close_all(self) -> None:
         """End every subscription (shutdown): their streams finish after draining."""
+        self.closed = True
         for subscription in tuple(self._subscriptions):
             self._remove(subscription)

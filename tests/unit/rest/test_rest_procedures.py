@@ -242,3 +242,25 @@ def test_openapi_document_describes_the_api(client):
 def test_fake_device_is_reused_across_requests(device: FakeDevice, client):
     create(client)
     assert len(device.procedures) == 1
+
+
+def test_waiting_for_ready_survives_a_flood_of_events_without_polling(client, device):
+    device.auto_ready = False
+    device.hub._queue_size = 5
+    pid = create(client)["id"]
+
+    def chatty_init_then_ready() -> None:
+        wait_until(lambda: device.hub.subscriber_count > 0)
+        for n in range(50):  # overflows the waiting subscription
+            device.emit("script.stdout", procedure_id=pid, stream="stdout", line=str(n))
+        wait_until(lambda: device.hub.subscriber_count > 0)  # subscribed again
+        for state in ("IDLE", "LOADING", "IDLE", "READY"):
+            device.set_state(pid, state)
+
+    helper = threading.Thread(target=chatty_init_then_ready)
+    helper.start()
+    response = client.put(f"{BASE}/procedures/{pid}", json={"state": "RUNNING"})
+    helper.join()
+    assert response.status_code == 200, response.text
+    reads = [c for c in device.calls if c == ("GetProcedure", pid)]
+    assert len(reads) < 15  # driven by events, not a polling loop
