@@ -9,6 +9,7 @@ the API's URL. Nothing here imports FastAPI or Tango, so ``oet-stack --help`` st
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -24,13 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``oet-stack`` options of the gateway."""
     group = parser.add_argument_group("REST gateway")
     group.add_argument(
-        "--rest-port", type=int, default=5000, help="port of the REST API (0: a free one)"
+        "--rest-port",
+        type=int,
+        default=int(os.environ.get("OET_REST_PORT", "5000")),
+        help="port of the REST API (0: a free one) [OET_REST_PORT, default 5000]",
     )
     group.add_argument(
-        "--rest-host", help="interface of the REST API (default: the stack's --host)"
+        "--rest-host",
+        default=os.environ.get("OET_REST_HOST"),
+        help="interface of the REST API [OET_REST_HOST, default: the stack's --host]",
     )
     group.add_argument(
-        "--rest-device", help="device the REST API fronts (default: the first, oso/oet/1)"
+        "--rest-device",
+        default=os.environ.get("OET_REST_DEVICE"),
+        help="device the REST API fronts [OET_REST_DEVICE, default: the first, oso/oet/1]",
     )
     group.add_argument("--no-rest", action="store_true", help="do not start the REST gateway")
 
