@@ -49,9 +49,6 @@ def split_script_args(tokens: Sequence[str]) -> tuple[list[Any], dict[str, Any]]
     while index < len(tokens):
         token = tokens[index]
         index += 1
-        if token == "--":
-            args.extend(parse_value(t) for t in tokens[index:])
-            break
         if not token.startswith("--") or token == "--":
             args.append(parse_value(token))
             continue

@@ -23,7 +23,6 @@ def test_words_pairs_and_flags():
     args, kwargs = split_script_args(["a", "--x=1", "--y", "two", "3", "--flag", "--z=[1]"])
     assert args == ["a", 3]
     assert kwargs == {"x": 1, "y": "two", "flag": True, "z": [1]}
-    assert split_script_args(["--", "--not-a-kwarg"]) == (["--not-a-kwarg"], {})
 
 
 def test_bools_and_bare_flags():
