@@ -53,6 +53,12 @@ def test_create_accepts_the_older_script_uri_form(client, device):
     assert device.calls[-1] == ("Prepare", body)
 
 
+def test_create_drops_the_empty_run_arguments_older_clients_send(client, device):
+    body = {**CREATE, "script_args": {**CREATE["script_args"], "run": {"args": [], "kwargs": {}}}}
+    create(client, body)
+    assert device.calls[-1] == ("Prepare", CREATE)
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

@@ -56,7 +56,12 @@ async def create_procedure(
     Answers at once (201) with the procedure in its first state; follow its progress to READY
     with ``GET /procedures/{id}`` or the event stream.
     """
-    summary = await client.prepare(body.model_dump(mode="json", exclude_unset=True))
+    request_body = body.model_dump(mode="json", exclude_unset=True)
+    script_args = request_body.get("script_args") or {}
+    for name in ("main", "run"):  # older clients send an empty "run" along with "init"
+        if name in script_args and not any(script_args[name].values()):
+            del script_args[name]
+    summary = await client.prepare(request_body)
     return {"procedure": public_summary(request, summary)}
 
 
