@@ -2,7 +2,8 @@
 
 It follows ska-tango-base's ``invoke_lrc``: subscribe first (v2: ``_lrcEvent``; v1:
 ``longRunningCommandStatus``, ``...Progress`` and ``...Result``), then call the command, keep
-only events about the returned command id, and stop at a final status. Tests use it to prove
+only events about the returned command id, and stop at a final status. Unlike ``invoke_lrc``
+it keeps the Tango subscriptions between commands (see :mod:`.tango_events` for why). Tests use it to prove
 an SKA client sees status, progress and the final ``[ResultCode, message]`` of OET commands.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 import tango
 
 from ska_oso_oet.tango.ska import ResultCode, TaskStatus
+
+from .tango_events import attribute_of, hub_for
 
 FINAL = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.ABORTED, TaskStatus.REJECTED}
 V1_ATTRIBUTES = (
@@ -45,12 +48,11 @@ class LrcClient:
         self.protocol = protocol
         self._changed = threading.Condition()
         self._events: list[tuple[str, Any]] = []
-        self._ids: list[int] = []
 
     def _on_event(self, event: tango.EventData) -> None:
         if event.err or event.attr_value is None:
             return
-        name = event.attr_name.split("#", 1)[0].rsplit("/", 1)[-1].lower()
+        name = attribute_of(event)
         with self._changed:
             self._events.append((name, event.attr_value.value))
             self._changed.notify_all()
@@ -58,10 +60,9 @@ class LrcClient:
     def invoke(self, command: str, argument: Any = None, timeout: float = 30.0) -> LrcOutcome:
         """Call ``command`` and block until it reaches a final status (or raise)."""
         attributes = ("_lrcEvent",) if self.protocol == 2 else V1_ATTRIBUTES
+        hub = hub_for(self.proxy)  # shared, long-lived subscriptions (see tango_events)
         for name in attributes:
-            self._ids.append(
-                self.proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, self._on_event)
-            )
+            hub.add(name, self._on_event)
         try:
             args = () if argument is None else (argument,)
             (code,), (command_id,) = self.proxy.command_inout(command, *args)
@@ -76,9 +77,8 @@ class LrcClient:
                 )
             return outcome
         finally:
-            for event_id in self._ids:
-                self.proxy.unsubscribe_event(event_id)
-            self._ids.clear()
+            for name in attributes:
+                hub.remove(name, self._on_event)
 
     def _digest(self, outcome: LrcOutcome) -> bool:
         """Re-read what arrived about our id; True once a final status (and result) is in."""

@@ -10,13 +10,14 @@ import argparse
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import tango
 
 from ska_oso_oet import stack
+from tests.support.tango_events import close_hubs
 from tests.unit.tango.conftest import SCRIPTS
 
 DEVICES = ["oso/oet/1", "oso/oet/2"]
@@ -30,11 +31,17 @@ class RealStack:
     options: argparse.Namespace
     env: dict[str, str]
     processes: stack.Stack
+    proxies: dict[str, tango.DeviceProxy] = field(default_factory=dict)
+    #: proxies of a previous server run, kept (with their subscriptions) until the module ends
+    retired: list[tango.DeviceProxy] = field(default_factory=list)
 
     def proxy(self, name: str) -> tango.DeviceProxy:
-        proxy = tango.DeviceProxy(f"tango://{self.tango_host}/{name}")
-        proxy.set_timeout_millis(10_000)
-        return proxy
+        """One proxy per device and server run, so event subscriptions are shared and kept."""
+        if name not in self.proxies:
+            proxy = tango.DeviceProxy(f"tango://{self.tango_host}/{name}")
+            proxy.set_timeout_millis(10_000)
+            self.proxies[name] = proxy
+        return self.proxies[name]
 
     def body(self, script: str, **init_kwargs: object) -> str:
         request: dict = {
@@ -48,6 +55,8 @@ class RealStack:
         return json.dumps(request)
 
     def start_server(self) -> None:
+        self.retired.extend(self.proxies.values())
+        self.proxies.clear()
         server = stack.start_device_server(self.data_dir, self.options.host, self.env)
         self.processes.add(stack.SERVER, server)
         stack.wait_for_devices(self.tango_host, DEVICES, server, self.data_dir)
@@ -91,5 +100,6 @@ def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
         real = RealStack(tango_host, data_dir, script_dir, options, env, processes)
         real.start_server()
         yield real
+        close_hubs()
     finally:
         processes.stop()

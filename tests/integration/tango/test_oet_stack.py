@@ -15,6 +15,7 @@ import pytest
 import tango
 
 from tests.support.lrc_client import LrcClient
+from tests.support.tango_events import close_hubs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 START_TIMEOUT = 90.0
@@ -78,6 +79,7 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         pid = json.loads(prepared.result[1])["id"]
         started = LrcClient(proxy).invoke("Start", json.dumps({"procedure_id": pid}))
         assert json.loads(started.result[1])["state"] == "COMPLETE"
+        close_hubs()
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 3  # database, device server, worker fork server
         process.send_signal(signal.SIGINT)

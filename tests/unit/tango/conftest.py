@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import tango
 
+from tests.support.tango_events import close_hubs
 from tests.support.tango_server import DeviceServerProcess
 
 DEVICE = "oso/oet/1"
@@ -93,12 +94,18 @@ def server(
     assert process.process is not None and process.process.returncode == 0, process.output()
 
 
+@pytest.fixture(scope="module")
+def module_proxy(server: DeviceServerProcess) -> Iterator[tango.DeviceProxy]:
+    """One proxy per module: its event subscriptions are shared and kept (see tango_events)."""
+    yield server.proxy(DEVICE)
+    close_hubs()
+
+
 @pytest.fixture
-def device(server: DeviceServerProcess) -> tango.DeviceProxy:
-    proxy = server.proxy(DEVICE)
-    if proxy.adminMode != 0:
-        proxy.adminMode = 0
-    return proxy
+def device(module_proxy: tango.DeviceProxy) -> tango.DeviceProxy:
+    if module_proxy.adminMode != 0:
+        module_proxy.adminMode = 0
+    return module_proxy
 
 
 def body(script_dir: Path, name: str, **init_kwargs: object) -> str:
