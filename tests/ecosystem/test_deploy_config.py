@@ -15,11 +15,12 @@ import re
 from typing import Any
 
 import pytest
-import yaml
 
 from ska_oso_oet.tango.device import OETDevice
 
 from .conftest import REPO
+
+yaml = pytest.importorskip("yaml", reason="needs PyYAML: pip install -e '.[deploy]'")
 
 CHART = REPO / "charts" / "ska-oso-oet"
 TEMPLATES = sorted((CHART / "templates").glob("*"))
@@ -88,9 +89,12 @@ def test_chart_defaults_match_deviceservers_config() -> None:
 
 
 # ----- values.schema.json ---------------------------------------------------------------------
-jsonschema = pytest.importorskip(
-    "jsonschema", reason="needs the deploy group: pip install -e '.[deploy]'"
-)
+def validator_class() -> Any:
+    """jsonschema's Draft 7 validator, or skip (jsonschema is in the ``deploy`` group)."""
+    module = pytest.importorskip("jsonschema", reason="needs pip install -e '.[deploy]'")
+    return module.Draft7Validator
+
+
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
 
@@ -102,12 +106,12 @@ def errors_for(**changes: Any) -> list[str]:
         for key in parents:
             node = node[key]
         node[last] = value
-    validator = jsonschema.Draft7Validator(SCHEMA)
+    validator = validator_class()(SCHEMA)
     return [e.message for e in validator.iter_errors(values)]
 
 
 def test_schema_accepts_the_defaults_and_a_full_deployment() -> None:
-    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    validator_class().check_schema(SCHEMA)
     assert errors_for() == []
     assert (
         errors_for(
