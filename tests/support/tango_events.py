@@ -64,6 +64,32 @@ class SubscriptionHub:
         for listener in listeners:
             listener(event)
 
+    def warm_up(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until events from the device reach this process.
+
+        Tango connects a client's event socket asynchronously, so events pushed right after the
+        first subscription to a server can be missed. Subscribe to ``loggingLevel``, then write
+        its current value (the device pushes it) until the pushed event arrives.
+        """
+        arrived = threading.Event()
+
+        def listener(event: tango.EventData) -> None:
+            if not event.err:
+                arrived.set()
+
+        self.add("loggingLevel", listener)
+        try:
+            deadline = time.monotonic() + timeout
+            arrived.clear()  # the first event is read synchronously by subscribe_event
+            while True:
+                self.proxy.loggingLevel = self.proxy.loggingLevel
+                if arrived.wait(0.5):
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"events of {self.proxy.dev_name()} never arrived")
+        finally:
+            self.remove("loggingLevel", listener)
+
     def close(self) -> None:
         with self._lock:
             ids, self._ids = self._ids, []
@@ -81,16 +107,20 @@ def hub_for(proxy: tango.DeviceProxy) -> SubscriptionHub:
     """The hub of ``proxy`` (it keeps the proxy alive, and so its subscriptions)."""
     with _hubs_lock:
         hub = _hubs.get(id(proxy))
-        if hub is None or hub.proxy is not proxy:
-            hub = _hubs[id(proxy)] = SubscriptionHub(proxy)
-        return hub
+        if hub is not None and hub.proxy is proxy:
+            return hub
+        hub = _hubs[id(proxy)] = SubscriptionHub(proxy)
+    hub.warm_up()
+    return hub
 
 
-def close_hubs() -> None:
-    """Unsubscribe everything (before the servers of a test module stop)."""
+def close_hubs(proxies: Iterable[tango.DeviceProxy] | None = None) -> None:
+    """Unsubscribe (all, or those of ``proxies``) before their server stops: a dead event
+    channel left behind would delay a later subscription to the restarted device until
+    Tango's keep-alive thread reconnects it (about 10 s)."""
     with _hubs_lock:
-        hubs = list(_hubs.values())
-        _hubs.clear()
+        keys = list(_hubs) if proxies is None else [id(p) for p in proxies if id(p) in _hubs]
+        hubs = [_hubs.pop(key) for key in keys]
     for hub in hubs:
         hub.close()
 

@@ -32,8 +32,6 @@ class RealStack:
     env: dict[str, str]
     processes: stack.Stack
     proxies: dict[str, tango.DeviceProxy] = field(default_factory=dict)
-    #: proxies of a previous server run, kept (with their subscriptions) until the module ends
-    retired: list[tango.DeviceProxy] = field(default_factory=list)
 
     def proxy(self, name: str) -> tango.DeviceProxy:
         """One proxy per device and server run, so event subscriptions are shared and kept."""
@@ -55,13 +53,13 @@ class RealStack:
         return json.dumps(request)
 
     def start_server(self) -> None:
-        self.retired.extend(self.proxies.values())
-        self.proxies.clear()
         server = stack.start_device_server(self.data_dir, self.options.host, self.env)
         self.processes.add(stack.SERVER, server)
         stack.wait_for_devices(self.tango_host, DEVICES, server, self.data_dir)
 
     def stop_server(self) -> int:
+        close_hubs(self.proxies.values())
+        self.proxies.clear()
         name, server = next((n, p) for n, p in self.processes.processes if n == stack.SERVER)
         stack.stop_process(server)
         self.processes.processes.remove((name, server))

@@ -33,10 +33,10 @@ def test_server_runs_without_database_and_stops_on_sigterm(tmp_path) -> None:
     )
     try:
         port = get_server_port_via_pid(process.pid, "127.0.0.1", retries=600, delay=0.1)
-        proxy = tango.DeviceProxy(f"tango://127.0.0.1:{port}/oso/oet/5#dbase=no")
         deadline = time.monotonic() + 60
         while True:
-            try:
+            try:  # the proxy connects at once: it fails until the device is exported
+                proxy = tango.DeviceProxy(f"tango://127.0.0.1:{port}/oso/oet/5#dbase=no")
                 state = proxy.state()
                 break
             except tango.DevFailed:
