@@ -185,7 +185,10 @@ class TangoDeviceClient(DeviceClient):
 
         proxy = tango.DeviceProxy(self.device)
         proxy.set_timeout_millis(self._timeout_ms)
-        # Stateless: succeeds even while the device is down and re-subscribes after restarts.
+        # Subscribe once the device answers: a subscription made while it is down only starts
+        # delivering at Tango's next keep-alive round (~10 s), retrying here is quicker.
+        proxy.ping()
+        # Stateless: Tango re-subscribes by itself after a device server restart.
         self._event_id = proxy.subscribe_event(
             "lastEvent", tango.EventType.CHANGE_EVENT, self._on_event, stateless=True
         )
