@@ -8,10 +8,13 @@ Values are collected by a Tango callback thread into a list guarded by a conditi
 ``wait_for`` blocks on that condition (no sleeps) and reports what it saw when it times out.
 
 Subscriptions are shared and kept: every (proxy, attribute) is subscribed once through a
-:class:`SubscriptionHub` and tracers only add and remove listeners. Unsubscribing and at once
-subscribing again to the same event loses the first events of the new subscription now and
-then (cppTango removes the old ZMQ filter late; measured: 7 commands in 200 under CPU load),
-so tests must not churn subscriptions. Call :func:`close_hubs` when a module's server goes.
+:class:`SubscriptionHub` and tracers only add and remove listeners. Two Tango client effects
+make this necessary on a loaded machine: unsubscribing and at once subscribing again to the
+same event loses the first events of the new subscription now and then (cppTango removes the
+old ZMQ filter late; measured: 7 commands in 200 under CPU load), and a new subscription's
+ZMQ filter reaches the server asynchronously, so events pushed right after subscribing can be
+missed. A hub therefore subscribes up front and proves the channel live (:meth:`warm_up`)
+before tests act. Call :func:`close_hubs` when a module's server goes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,26 @@ from typing import Any
 import tango
 
 DEFAULT_TIMEOUT = 30.0
+#: Attributes a hub subscribes to when it is created, before its warm-up. A subscription made
+#: later can miss the events pushed right after it (its ZMQ filter reaches the server
+#: asynchronously); made before the warm-up, the warm-up's round trip proves it is live.
+SUBSCRIBED_UP_FRONT = (
+    "lastEvent",
+    "_lrcEvent",
+    "longRunningCommandStatus",
+    "longRunningCommandProgress",
+    "longRunningCommandResult",
+    "State",
+    "Status",
+    "adminMode",
+    "healthState",
+    "procedures",
+    "procedureIds",
+    "procedureStates",
+    "runningProcedureId",
+    "scriptMessage",
+    "lrcFinished",
+)
 Listener = Callable[[tango.EventData], None]
 
 
@@ -48,6 +71,19 @@ class SubscriptionHub:
             first = key not in self._listeners
             self._listeners.setdefault(key, []).append(listener)
             if first:
+                self._ids.append(
+                    self.proxy.subscribe_event(
+                        attribute, tango.EventType.CHANGE_EVENT, self._dispatch
+                    )
+                )
+
+    def subscribe_all(self, attributes: Iterable[str]) -> None:
+        """Subscribe now, without listeners, so that later listeners join live subscriptions."""
+        for attribute in attributes:
+            with self._lock:
+                if attribute.lower() in self._listeners:
+                    continue
+                self._listeners[attribute.lower()] = []
                 self._ids.append(
                     self.proxy.subscribe_event(
                         attribute, tango.EventType.CHANGE_EVENT, self._dispatch
@@ -110,6 +146,7 @@ def hub_for(proxy: tango.DeviceProxy) -> SubscriptionHub:
         if hub is not None and hub.proxy is proxy:
             return hub
         hub = _hubs[id(proxy)] = SubscriptionHub(proxy)
+    hub.subscribe_all(SUBSCRIBED_UP_FRONT)
     hub.warm_up()
     return hub
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +46,12 @@ class OutputReader:
             return list(self.lines)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
     scripts = tmp_path / "scripts"
     scripts.mkdir()
@@ -59,6 +66,8 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         str(tmp_path / "data"),
         "--scripts",
         str(scripts),
+        "--rest-port",
+        str(free_port()),
     ]
     env = {**os.environ, "OET_WARM_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -81,7 +90,7 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         assert json.loads(started.result[1])["state"] == "COMPLETE"
         close_hubs()
         descendants = psutil.Process(process.pid).children(recursive=True)
-        assert len(descendants) >= 3  # database, device server, worker fork server
+        assert len(descendants) >= 4  # database, device server, worker fork server, gateway
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
         output.wait_for("oet-stack stopped", 10)
