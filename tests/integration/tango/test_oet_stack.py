@@ -105,3 +105,4 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         for child in descendants:
             if child.is_running():
                 child.kill()
+        process.stdout.close()
