@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import tango
 
+from tests.support.lrc_client import LrcClient
 from tests.support.tango_events import close_hubs
 from tests.support.tango_server import DeviceServerProcess
 
@@ -102,10 +103,14 @@ def module_proxy(server: DeviceServerProcess) -> Iterator[tango.DeviceProxy]:
 
 
 @pytest.fixture
-def device(module_proxy: tango.DeviceProxy) -> tango.DeviceProxy:
+def device(module_proxy: tango.DeviceProxy) -> Iterator[tango.DeviceProxy]:
+    """The module's device, ONLINE; a script a failed test left running is stopped after it."""
     if module_proxy.adminMode != 0:
         module_proxy.adminMode = 0
-    return module_proxy
+    yield module_proxy
+    if module_proxy.runningProcedureId:
+        module_proxy.adminMode = 0
+        LrcClient(module_proxy).invoke("Stop", "{}")
 
 
 def body(script_dir: Path, name: str, **init_kwargs: object) -> str:
