@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -110,7 +111,8 @@ def device(module_proxy: tango.DeviceProxy) -> Iterator[tango.DeviceProxy]:
     yield module_proxy
     if module_proxy.runningProcedureId:
         module_proxy.adminMode = 0
-        LrcClient(module_proxy).invoke("Stop", "{}")
+        with contextlib.suppress(tango.DevFailed):  # it may have finished meanwhile
+            LrcClient(module_proxy).invoke("Stop", "{}")
 
 
 def body(script_dir: Path, name: str, **init_kwargs: object) -> str:
