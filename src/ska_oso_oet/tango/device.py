@@ -155,7 +155,7 @@ class OETDevice(SkaDevice):
             self._script_message = msg if isinstance(msg, str) else dumps(msg)
             self.push("scriptMessage", self._script_message)
         if event.topic.startswith("procedure.lifecycle."):
-            self._view.observe(event)
+            self._view.observe(event, self._lookup)
             self._refresh_procedures()
             for command_id, status, code, message in self._view.completions(self._lookup):
                 self.lrc_finish(command_id, status, code, message)

@@ -15,6 +15,7 @@ the ``lastEvent`` that justifies a result before the result itself.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ _MAX_REMEMBERED_COMMANDS = 1000
 class _Seen:
     states: set[str] = field(default_factory=set)
     summary: dict[str, Any] | None = None
+    transitions: int = 0
 
 
 @dataclass
@@ -40,6 +42,22 @@ class _Tracked:
     kind: str  # Prepare, Start or Stop
     procedure_id: int
     extra: list[int]
+
+
+def as_of(summary: dict[str, Any], transitions: int, state: str) -> dict[str, Any]:
+    """``summary`` as it was after its ``transitions``-th state change (into ``state``).
+
+    Every transition appends one ``process_states`` entry (after the first, CREATING) and
+    publishes one statechange event, so the event count locates the entry exactly. Used when
+    the engine is already further on than the event being published.
+    """
+    states = summary["history"]["process_states"]
+    if len(states) - 1 <= transitions or states[transitions][0] != state:
+        return summary  # not ahead, or a history this device did not see from the start
+    rewound = copy.deepcopy(summary)
+    rewound["history"]["process_states"] = states[: transitions + 1]
+    rewound["state"] = state
+    return rewound
 
 
 class ProcedureView:
@@ -56,14 +74,29 @@ class ProcedureView:
         self._seen: dict[int, _Seen] = {}
         self._tracked: dict[str, _Tracked] = {}
         self._procedure_of: OrderedDict[str, int] = OrderedDict()
+        self._cache: dict[int, dict[str, Any]] = {}
+        self._seeded = False
 
     # ----- attributes -----------------------------------------------------------------------
     def update(self, summaries: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-        """New attribute values from the engine's summaries; returns the changed ones."""
-        listed = summaries[-self.MAX_LISTED :]
+        """New attribute values; returns the changed ones.
+
+        ``summaries`` (the engine's, now) decide which procedures are listed: the history
+        window may have dropped some. Their content comes from the events published so far,
+        so the attributes never run ahead of ``lastEvent`` (a procedure READY and RUNNING a
+        moment later still shows READY first).
+        """
+        current_ids = {s["id"] for s in summaries}
+        if not self._seeded:  # history recovered by the engine before this device listened
+            self._cache = {s["id"]: s for s in summaries}
+            self._seeded = True
+        for pid in [p for p in self._cache if p not in current_ids]:
+            del self._cache[pid]
+        ordered = [self._cache[pid] for pid in sorted(self._cache)]
+        listed = ordered[-self.MAX_LISTED :]
         values = {
-            "procedures": dumps(summaries),
-            "runningProcedureId": next((s["id"] for s in summaries if s["state"] == "RUNNING"), 0),
+            "procedures": dumps(ordered),
+            "runningProcedureId": next((s["id"] for s in ordered if s["state"] == "RUNNING"), 0),
             "procedureIds": [s["id"] for s in listed],
             "procedureStates": [s["state"] for s in listed],
         }
@@ -78,13 +111,13 @@ class ProcedureView:
         self.running_id = values["runningProcedureId"]
         self.ids = values["procedureIds"]
         self.states = values["procedureStates"]
-        known = {s["id"] for s in summaries} | {t.procedure_id for t in self._tracked.values()}
+        known = current_ids | {t.procedure_id for t in self._tracked.values()}
         for pid in [p for p in self._seen if p not in known]:
             del self._seen[pid]
         return changed
 
     # ----- events and commands --------------------------------------------------------------
-    def observe(self, event: Event) -> None:
+    def observe(self, event: Event, lookup: Lookup) -> None:
         """Note what a procedure.lifecycle event says about its procedure."""
         pid = event.payload.get("procedure_id")
         if not isinstance(pid, int):
@@ -93,9 +126,19 @@ class ProcedureView:
         if event.topic.endswith(".created"):
             seen.states.add("CREATING")
         new_state = event.payload.get("new_state")
+        result = event.payload.get("result")
         if isinstance(new_state, str):
             seen.states.add(new_state)
-        result = event.payload.get("result")
+            seen.transitions += 1
+            summary = lookup(pid) or self._cache.get(pid)
+            if summary is not None:
+                self._cache[pid] = as_of(summary, seen.transitions, new_state)
+        elif isinstance(result, dict):
+            self._cache[pid] = result
+        elif event.topic.endswith(".stacktrace") and pid in self._cache:
+            summary = copy.deepcopy(self._cache[pid])
+            summary["history"]["stacktrace"] = event.payload.get("stacktrace")
+            self._cache[pid] = summary
         if isinstance(result, dict):
             seen.summary = result
             command_id = result.get("command_id")

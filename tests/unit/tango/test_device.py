@@ -144,6 +144,19 @@ class TestProcedures:
         summaries = decode(stopped.result[1])
         assert [s["id"] for s in summaries] == [pid] and summaries[0]["state"] == "STOPPED"
 
+    def test_procedure_states_show_every_transition_in_order(
+        self, device: tango.DeviceProxy, script_dir: Path
+    ) -> None:
+        with EventTracer(device, "procedureStates") as tracer:
+            prepared = LrcClient(device).invoke("Prepare", body(script_dir, "hello.py"))
+            pid = decode(prepared.result[1])["id"]
+            LrcClient(device).invoke("Start", json.dumps({"procedure_id": pid}))
+            tracer.wait_for(lambda v: list(v)[-1] == "COMPLETE", "procedureStates")
+            newest = [list(v)[-1] for v in tracer.values("procedureStates") if len(v)]
+        changes = [s for i, s in enumerate(newest) if i == 0 or newest[i - 1] != s]
+        assert changes[-3:] == ["READY", "RUNNING", "COMPLETE"], changes
+        assert changes[0] == "CREATING" and "LOADING" in changes
+
     def test_prepare_completes_while_another_script_runs(
         self, device: tango.DeviceProxy, script_dir: Path
     ) -> None:
