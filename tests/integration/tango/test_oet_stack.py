@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,10 +100,16 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "tango_database.db").exists()
         assert (tmp_path / "data" / "oso_oet_2.sqlite").exists()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # the test failed early: let the stack stop its children
+            with contextlib.suppress(psutil.Error):
+                descendants = psutil.Process(process.pid).children(recursive=True)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         for child in descendants:
-            if child.is_running():
+            with contextlib.suppress(psutil.Error):
                 child.kill()
         process.stdout.close()
