@@ -66,6 +66,29 @@ def test_subarrays_are_independent(real_stack: RealStack) -> None:
     assert json.loads(stopped.result[1])[0]["state"] == "STOPPED"
 
 
+def test_refusals_are_devfailed_with_reasons_and_leave_the_device_healthy(
+    real_stack: RealStack,
+) -> None:
+    device = real_stack.proxy("oso/oet/2")
+    first = summary_of(LrcClient(device).invoke("Prepare", real_stack.body("forever.py")))["id"]
+    second = summary_of(LrcClient(device).invoke("Prepare", real_stack.body("hello.py")))["id"]
+    device.Start(json.dumps({"procedure_id": first}))
+    try:
+        for command, argument, reason in [
+            ("Prepare", "{oops", "OET_INVALID_REQUEST"),
+            ("Start", json.dumps({"procedure_id": 4242}), "OET_NOT_FOUND"),
+            ("Start", json.dumps({"procedure_id": second}), "OET_STATE_CONFLICT"),
+            ("GetProcedure", "4242", "OET_NOT_FOUND"),
+        ]:
+            with pytest.raises(tango.DevFailed) as excinfo:
+                device.command_inout(command, argument)
+            assert excinfo.value.args[0].reason == reason, (command, argument)
+            assert excinfo.value.args[0].desc
+    finally:
+        LrcClient(device).invoke("Stop", json.dumps({"procedure_id": first}))
+    assert device.healthState == 0 and device.state() == tango.DevState.ON
+
+
 def test_admin_mode_and_history_survive_a_server_restart(real_stack: RealStack) -> None:
     device = real_stack.proxy("oso/oet/2")
     done = LrcClient(device).invoke("Prepare", real_stack.body("hello.py"))
