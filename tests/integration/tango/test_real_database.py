@@ -169,3 +169,14 @@ def test_measure_start_latency_and_event_throughput(
             f"({count / max(last - first, 1e-9):.0f} events/s), all in order"
         )
     assert median_ms < 1000
+
+
+def test_server_logs_in_the_ska_format(real_stack: RealStack) -> None:
+    lines = (real_stack.data_dir / "OETDeviceServer.log").read_text().splitlines()
+    device_lines = [line for line in lines if "|tango-device:oso/oet/1|" in line]
+    assert device_lines, lines[-10:]
+    fields = device_lines[0].split("|")
+    assert (
+        fields[0] == "1" and fields[1].endswith("Z") and fields[2] in ("INFO", "WARNING", "DEBUG")
+    )
+    assert "#" in fields[5] and len(fields) >= 8
