@@ -321,3 +321,19 @@ class TestRefusals:
         assert line.startswith("1|") and "|tango-device:oso/oet/1|" in line
         with pytest.raises(tango.DevFailed):
             device.loggingTargets = ["nowhere::x"]
+
+
+class TestReinitialisation:
+    def test_init_command_restarts_the_engine_and_keeps_history(
+        self, device: tango.DeviceProxy, script_dir: Path
+    ) -> None:
+        ready = decode(LrcClient(device).invoke("Prepare", body(script_dir, "hello.py")).result[1])[
+            "id"
+        ]
+        device.Init()
+        assert device.state() == tango.DevState.ON
+        states = dict(zip(device.procedureIds, device.procedureStates, strict=True))
+        assert states[ready] == "STOPPED"  # active procedures are stopped, never lost
+        again = LrcClient(device).invoke("Prepare", body(script_dir, "hello.py"))
+        assert again.result[0] == ResultCode.OK
+        assert decode(again.result[1])["id"] > ready
