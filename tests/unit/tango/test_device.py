@@ -327,12 +327,15 @@ class TestReinitialisation:
     def test_init_command_restarts_the_engine_and_keeps_history(
         self, device: tango.DeviceProxy, script_dir: Path
     ) -> None:
-        ready = decode(LrcClient(device).invoke("Prepare", body(script_dir, "hello.py")).result[1])[
-            "id"
-        ]
-        device.Init()
-        assert device.state() == tango.DevState.ON
-        states = dict(zip(device.procedureIds, device.procedureStates, strict=True))
+        prepared = LrcClient(device).invoke("Prepare", body(script_dir, "hello.py"))
+        ready = decode(prepared.result[1])["id"]
+        with EventTracer(device, ["State", "procedures"]) as tracer:
+            device.Init()
+            tracer.wait_for(lambda v: v == tango.DevState.ON, "State")
+            procedures = tracer.wait_for(
+                lambda v: any(p["id"] == ready for p in json.loads(v)), "procedures"
+            )
+        states = {p["id"]: p["state"] for p in json.loads(procedures)}
         assert states[ready] == "STOPPED"  # active procedures are stopped, never lost
         again = LrcClient(device).invoke("Prepare", body(script_dir, "hello.py"))
         assert again.result[0] == ResultCode.OK
