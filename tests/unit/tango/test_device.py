@@ -332,11 +332,14 @@ class TestReinitialisation:
         with EventTracer(device, ["State", "procedures"]) as tracer:
             device.Init()
             tracer.wait_for(lambda v: v == tango.DevState.ON, "State")
-            procedures = tracer.wait_for(
-                lambda v: any(p["id"] == ready for p in json.loads(v)), "procedures"
+            # active procedures are stopped and recorded, never lost
+            tracer.wait_for(
+                lambda v: (
+                    {"id": ready, "state": "STOPPED"}
+                    in [{"id": p["id"], "state": p["state"]} for p in json.loads(v)]
+                ),
+                "procedures",
             )
-        states = {p["id"]: p["state"] for p in json.loads(procedures)}
-        assert states[ready] == "STOPPED"  # active procedures are stopped, never lost
         again = LrcClient(device).invoke("Prepare", body(script_dir, "hello.py"))
         assert again.result[0] == ResultCode.OK
         assert decode(again.result[1])["id"] > ready
