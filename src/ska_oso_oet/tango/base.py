@@ -152,7 +152,9 @@ class SkaDevice(Device):
 
     def delete_device(self) -> None:
         self._closing = True
-        self._events.stop()
+        events = getattr(self, "_events", None)
+        if events is not None:
+            events.stop()
         super().delete_device()
 
     def _init_logging(self) -> None:
@@ -162,7 +164,11 @@ class SkaDevice(Device):
             self.logger.removeFilter(flt)
         self.logger.addFilter(logs.DeviceTagFilter(self.get_name()))
         self._logging_level = LoggingLevel.INFO
-        self._apply_logging_level(LoggingLevel(self.LoggingLevelDefault))
+        try:
+            self._apply_logging_level(LoggingLevel(self.LoggingLevelDefault))
+        except ValueError:
+            self._apply_logging_level(LoggingLevel.INFO)
+            self.logger.error("ignoring invalid LoggingLevelDefault %r", self.LoggingLevelDefault)
         try:
             self._apply_logging_targets(list(self.LoggingTargetsDefault or []))
         except logs.LoggingTargetError:

@@ -113,12 +113,14 @@ class OETDevice(SkaDevice):
         self.logger.info("OETDevice %s ready", self.get_name())
 
     def delete_device(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
+        subscription = getattr(self, "_subscription", None)
+        if subscription is not None:
+            subscription.close()
         super().delete_device()
-        if self._service is not None:
-            self._service.shutdown()
+        service = getattr(self, "_service", None)
+        if service is not None:
             self._service = None
+            service.shutdown()
 
     def engine_settings(self) -> dict[str, Any]:
         """Settings from the device properties that are set (None = leave to the engine)."""
