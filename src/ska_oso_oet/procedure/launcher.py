@@ -314,6 +314,10 @@ class WorkerLauncher:
         for worker in warm:
             worker.signal_group(signal.SIGKILL)
             worker.close()
+        # shutdown, not just close: it wakes the reader blocked in recv() and gives the fork
+        # server its end of file at once.
+        with contextlib.suppress(OSError):
+            self._control.shutdown(socket.SHUT_RDWR)
         self._control.close()
         try:
             self._zygote.wait(5)
