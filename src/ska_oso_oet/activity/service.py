@@ -117,6 +117,38 @@ class ActivityService:
         # The engine's "created" event has linked the activity to its procedure by now.
         return self.get(activity_id)
 
+    def start(
+        self, procedure_id: int | None = None, main_args: FunctionArgs | None = None
+    ) -> dict[str, Any]:
+        """Start a READY procedure (default: the newest READY one), as the engine does.
+
+        A procedure prepared by an activity (``prepare_only``) runs ``main`` with the
+        activity's arguments merged with ``main_args`` (the same rule as at run time), so a
+        later start keeps the SBD's arguments, ``sb_json`` and ``sbi_id``; the activity
+        summary records the arguments used.
+        """
+        if procedure_id is None:
+            ready = [s["id"] for s in self._engine.summaries() if s["state"] == "READY"]
+            procedure_id = ready[-1] if ready else None
+        with self._lock:
+            activity = self._by_procedure.get(procedure_id) if procedure_id is not None else None
+            if activity is None:
+                merged = previous = None
+            else:
+                previous = activity.script_args
+                base = previous.get("main") or FunctionArgs()
+                merged = merge_args(base, main_args)
+                merged = FunctionArgs(merged.args, {**merged.kwargs, **_instance_kwargs(base)})
+                activity.script_args = {**previous, "main": merged}
+        if activity is None:
+            return self._engine.start(procedure_id, main_args)
+        try:
+            return self._engine.start(procedure_id, merged)
+        except Exception:
+            with self._lock:
+                activity.script_args = previous
+            raise
+
     def close(self) -> None:
         self._subscription.close()
         self._store.close()
@@ -185,3 +217,8 @@ class ActivityService:
             self._activities[activity.id] = activity
             self._next_id = max(self._next_id, activity.id + 1)
         self._evict()
+
+
+def _instance_kwargs(main: FunctionArgs) -> dict[str, Any]:
+    """The keyword arguments an activity always gives ``main`` (the SB instance's)."""
+    return {k: main.kwargs[k] for k in ("sb_json", "sbi_id") if k in main.kwargs}

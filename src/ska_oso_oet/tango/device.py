@@ -6,14 +6,18 @@ and the outcome arrives on ``longRunningCommandResult`` and ``_lrcEvent``):
 * ``Prepare(json)`` -> completes when the procedure is READY ([OK, summary JSON]).
 * ``Start(json)`` -> completes when ``main`` returns ([OK, summary JSON]).
 * ``Stop(json)``, ``Abort()`` -> complete when the procedure is STOPPED ([OK, JSON list]).
-* ``GetProcedure(id)`` -> one procedure summary (synchronous).
+* ``RunActivity(json)`` -> runs an activity of a scheduling block definition (SBD); completes
+  when the activity's script ends, or at PREPARED with ``prepare_only`` ([OK, activity JSON]).
+* ``GetProcedure(id)``, ``GetActivity(id)`` -> one summary (synchronous).
+* ``AddSbd(json)``, ``GetSbd(sbd_id)`` -> store / read an SBD document (synchronous).
 
 Attributes: ``procedures``, ``activities``, ``runningProcedureId``, ``procedureIds``,
 ``procedureStates``, ``lastEvent`` (one change event per engine/script event, in order),
 ``scriptMessage``, ``subarrayId`` and the SKA attributes of :class:`~.base.SkaDevice`.
 
 The device only translates: it decodes the JSON argument, calls the
-:class:`~ska_oso_oet.procedure.service.ScriptExecutionService`, and encodes the reply. Bad
+:class:`~ska_oso_oet.procedure.service.ScriptExecutionService` (or the
+:class:`~ska_oso_oet.activity.service.ActivityService` beside it), and encodes the reply. Bad
 requests are refused with ``DevFailed`` whose reason is the engine's error code
 (``OET_INVALID_REQUEST``, ``OET_NOT_FOUND``, ``OET_STATE_CONFLICT``,
 ``OET_ENGINE_UNAVAILABLE``) or ``OET_DEVICE_OFFLINE``.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, NoReturn, TypeVar
@@ -32,12 +37,15 @@ import tango
 from tango import DevState
 from tango.server import attribute, command, device_property
 
+from ..activity.service import ActivityService
 from ..events import Event, dumps
 from ..procedure.config import OetConfig, config_from_sources
 from ..procedure.domain import PrepareRequest, parse_script_args
 from ..procedure.errors import OetError
 from ..procedure.service import ScriptExecutionService
 from . import runtime
+from .activities import ActivityView
+from .activity_commands import ActivityCommands
 from .base import SkaDevice
 from .procedures import ProcedureView
 from .ska import COMMAND_ACCEPTING_ADMIN_MODES, HealthState, ResultCode, generate_command_id
@@ -57,13 +65,20 @@ PROPERTY_SETTINGS = {
     "WarmWorkers": "warm_workers",
     "StopGraceSeconds": "stop_grace_seconds",
     "SBStore": "sb_store",
+    "AllowedRepositories": "allowed_repositories",
+    "GitTimeout": "git_timeout",
+    "EnvBuildTimeout": "env_build_timeout",
+    "EnvMaxCount": "env_max_count",
+    "EnvMaxBytes": "env_max_bytes",
+    "PipOptions": "pip_options",
 }
+
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
 _LRC_REPLY = "DevVarLongStringArray"
 
 
-class OETDevice(SkaDevice):
+class OETDevice(ActivityCommands, SkaDevice):
     """Observation Execution Tool of one subarray: prepares, starts, stops and aborts Python
     observing scripts, each in its own process, and publishes everything they announce as
     change events on lastEvent."""
@@ -89,18 +104,47 @@ class OETDevice(SkaDevice):
     StopGraceSeconds = device_property(
         dtype="double", doc="Seconds a stopped script has after SIGTERM before SIGKILL."
     )
-    SBStore = device_property(dtype="str", doc="Location of the scheduling-block store.")
+    SBStore = device_property(
+        dtype="str",
+        doc="Folder of scheduling block definitions (<sbd_id>.json) used by RunActivity; "
+        "several devices may share it.",
+    )
+    AllowedRepositories = device_property(
+        dtype="DevVarStringArray",
+        doc="URL patterns (shell-style, * matches /) a git:// script's git_repo must match.",
+    )
+    GitTimeout = device_property(
+        dtype="double", doc="Seconds one preparation's git work (clone, fetch, checkout) may take."
+    )
+    EnvBuildTimeout = device_property(
+        dtype="double",
+        doc="Seconds finding or building a script's virtualenv may take, waiting included.",
+    )
+    EnvMaxCount = device_property(
+        dtype="uint32", doc="Cached virtualenvs kept, least recently used evicted (0: no limit)."
+    )
+    EnvMaxBytes = device_property(
+        dtype="DevLong64", doc="Disk the cached virtualenvs may use, in bytes (0: no limit)."
+    )
+    PipOptions = device_property(
+        dtype="DevVarStringArray",
+        doc="Extra pip install options for script environments, split shell-style, "
+        "e.g. --no-index --find-links /srv/wheels.",
+    )
 
     # ----- life cycle -----------------------------------------------------------------------
     def init_device(self) -> None:
         super().init_device()
         self._view = ProcedureView()
+        self._activity_view = ActivityView()
+        self._activity_service: ActivityService | None = None
+        self._activity_error = ""
         self._last_event = ""
         self._script_message = ""
         self._subscription = None
         self._service: ScriptExecutionService | None = None
         self._service_error = ""
-        for name in (*ProcedureView.ATTRIBUTES, "lastEvent", "scriptMessage"):
+        for name in (*ProcedureView.ATTRIBUTES, "activities", "lastEvent", "scriptMessage"):
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
         try:
@@ -109,7 +153,14 @@ class OETDevice(SkaDevice):
         except Exception as exc:
             self._service_error = f"the script engine could not start: {exc}"
             self.logger.exception("cannot create the script execution service")
+        if self._service is not None:
+            try:
+                self._activity_service = self.create_activity_service(self._service)
+            except Exception as exc:
+                self._activity_error = f"activities are unavailable: {exc}"
+                self.logger.exception("cannot create the activity service")
         self.submit(self._refresh_procedures)
+        self.submit(self._refresh_activities)
         self.logger.info("OETDevice %s ready", self.get_name())
 
     def delete_device(self) -> None:
@@ -120,7 +171,11 @@ class OETDevice(SkaDevice):
         service = getattr(self, "_service", None)
         if service is not None:
             self._service = None
-            service.shutdown()
+            service.shutdown()  # the activity service still listens: it records STOPPED
+        activities = getattr(self, "_activity_service", None)
+        if activities is not None:
+            self._activity_service = None
+            activities.close()
 
     def engine_settings(self) -> dict[str, Any]:
         """Settings from the device properties that are set (None = leave to the engine)."""
@@ -130,8 +185,12 @@ class OETDevice(SkaDevice):
             value = getattr(self, prop, None)
             if value is None or setting not in known:
                 continue
-            if isinstance(value, list | tuple) and not value:
-                continue
+            if isinstance(value, list | tuple):
+                value = [v for v in value if str(v).strip()]
+                if not value:
+                    continue
+            if prop == "PipOptions":
+                value = [option for item in value for option in shlex.split(item)]
             settings[setting] = list(value) if isinstance(value, list | tuple) else value
         if "subarray_id" not in settings:
             match = re.search(r"(\d+)$", self.get_name())
@@ -143,6 +202,10 @@ class OETDevice(SkaDevice):
         """The engine this device adapts. The one seam tests replace with a fake."""
         config = config_from_sources(self.engine_settings(), os.environ)
         return ScriptExecutionService(config, launcher=runtime.shared_launcher())
+
+    def create_activity_service(self, engine: ScriptExecutionService) -> ActivityService:
+        """Activities of this subarray, run as procedures of ``engine`` (SB store: SBStore)."""
+        return ActivityService(engine)
 
     # ----- engine events (engine threads: enqueue only) ------------------------------------
     def _on_engine_event(self, event: Event) -> None:
@@ -161,6 +224,9 @@ class OETDevice(SkaDevice):
             self._refresh_procedures()
             for command_id, status, code, message in self._view.completions(self._lookup):
                 self.lrc_finish(command_id, status, code, message)
+        elif self._activity_view.observe(event):
+            self._refresh_activities()
+            self._complete_activities()
 
     def _lookup(self, procedure_id: int) -> dict[str, Any] | None:
         try:
@@ -285,7 +351,8 @@ class OETDevice(SkaDevice):
                 "OET_INVALID_REQUEST", "init arguments are given to Prepare, not Start", "Start"
             )
         command_id = generate_command_id("Start")
-        summary = self._call("Start", service.start, pid, fn_args.get("main"))
+        start = self._activity_service.start if self._activity_service else service.start
+        summary = self._call("Start", start, pid, fn_args.get("main"))
         return self._begin(command_id, "Start", summary["id"], [])
 
     @command(
@@ -351,9 +418,13 @@ class OETDevice(SkaDevice):
     def procedures(self) -> str:
         return self._view.procedures_json
 
-    @attribute(dtype=str, doc="JSON list of activities (scheduling-block activities).")
+    @attribute(
+        dtype=str,
+        doc="JSON list of the activity summaries (RunActivity) in the history window, oldest "
+        "first.",
+    )
     def activities(self) -> str:
-        return "[]"
+        return self._activity_view.activities_json
 
     @attribute(dtype="DevLong", doc="Id of the RUNNING procedure, 0 when none runs.")
     def runningProcedureId(self) -> int:
