@@ -58,7 +58,7 @@ def _event_attributes() -> tuple[set[str], set[str]]:
     from ska_oso_oet.tango.procedures import ProcedureView
 
     both = {*SKA_ATTRIBUTES, *LRC_ATTRIBUTES, *ProcedureView.ATTRIBUTES, "lastEvent"}
-    both.add("scriptMessage")
+    both.update(("scriptMessage", "activities"))
     return both | {"_lrcEvent"}, both
 
 

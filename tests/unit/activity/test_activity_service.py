@@ -10,9 +10,10 @@ from ska_oso_oet import events as topics
 from ska_oso_oet.activity.domain import ActivityRequest
 from ska_oso_oet.activity.sbd_store import SbdNotFound
 from ska_oso_oet.activity.service import ActivityNotFound, ActivityService
-from ska_oso_oet.procedure.errors import InvalidRequest, StateConflict
+from ska_oso_oet.procedure.domain import FunctionArgs
+from ska_oso_oet.procedure.errors import InvalidRequest, ProcedureNotFound, StateConflict
 
-from ..conftest import TIMEOUT, EventRecorder, script_uri
+from ..conftest import TIMEOUT, EventRecorder, prepare_request, script_uri
 
 FINAL = {"COMPLETE", "FAILED", "STOPPED"}
 
@@ -100,6 +101,25 @@ def test_prepare_only_stops_at_prepared_and_starts_later(service, activities):
     service.start(summary["procedure_id"])
     final = wait_activity(service, activities, summary)
     assert final["state"] == "COMPLETE"
+
+
+def test_a_later_start_keeps_the_activity_arguments_and_merges_new_ones(service, activities):
+    summary = run(activities, prepare_only=True)
+    wait_activity(service, activities, summary, states={"PREPARED"})
+    other = service.prepare(prepare_request("success.py"))  # not an activity's procedure
+    service.wait_for_state(other["id"], {"READY"}, TIMEOUT)
+    with pytest.raises(ProcedureNotFound):
+        activities.start(summary["procedure_id"] + 1000)
+    started = activities.start(summary["procedure_id"], FunctionArgs([], {"b": "later"}))
+    kwargs = started["script_args"]["main"]["kwargs"]
+    assert started["script_args"]["main"]["args"] == [1, 2]
+    assert {k: kwargs[k] for k in "ab"} == {"a": "sbd", "b": "later"}
+    final = wait_activity(service, activities, summary)
+    assert final["script_args"]["main"] == started["script_args"]["main"]
+    assert final["script_args"]["main"]["kwargs"]["sbi_id"] == final["sbi_id"]
+    plain = activities.start(None)  # the newest READY one, not an activity's: unchanged
+    assert plain["id"] == other["id"] and plain["script_args"]["main"] == {"args": [], "kwargs": {}}
+    service.wait_for_state(other["id"], FINAL, TIMEOUT)
 
 
 def test_activity_events_follow_the_procedure_events(service, activities):
