@@ -1,0 +1,202 @@
+"""Run the OET benchmarks against a real stack and write ``results.json`` and ``results.md``.
+
+    python -m benchmarks            # full run: a few minutes
+    python -m benchmarks --smoke    # tiny repetitions, under a minute (CI)
+
+It starts ``oet-stack --subarrays 16`` (Tango database on sqlite, OETDeviceServer, REST gateway)
+and a minimal baseline device, measures P1-P7 and the gateway through real clients (Tango
+DeviceProxy with change-event subscriptions; HTTP and SSE), and stops everything. See
+docs/benchmarks.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .harness import BenchStack, OetClient
+from .http_figures import gateway, p6_events
+from .tango_figures import (
+    Baseline,
+    Plan,
+    p1_prepare_ready,
+    p2_start,
+    p3_stop,
+    p4_too_switch,
+    p5_responsiveness,
+    p7_scale,
+)
+
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway")
+TITLES = {
+    "P1": "Prepare -> READY (script imports tango)",
+    "P2": "Start -> RUNNING event",
+    "P3": "Stop -> STOPPED (honours SIGTERM)",
+    "P4": "TOO switch: stop running, start prepared -> TOO RUNNING",
+    "P5": "Command/read round trip, 16 busy devices",
+    "P6": "20,000 announces -> Tango subscriber",
+    "P7": "16 devices prepare+run+complete concurrently (wall)",
+    "gateway": "GET /procedures (4 clients)",
+}
+PART_TITLES = {
+    "start_to_complete_noop": "Start -> COMPLETE (no-op script)",
+    "ignores_sigterm": "Stop -> STOPPED (ignores SIGTERM)",
+    "command": "GetProcedure command round trip",
+    "read": "attribute read round trip",
+    "sse": "20,000 announces -> SSE client",
+    "per_device": "per-device prepare -> COMPLETE",
+    "post_to_ready": "POST /procedures -> READY (SSE)",
+}
+
+
+def measure(plan: Plan, only: set[str], log: Callable[[str], None]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with BenchStack() as stack:
+        devices = [OetClient(stack, f"oso/oet/{n}") for n in range(1, stack.subarrays + 1)]
+        dev = devices[0]
+        base = Baseline(stack)
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("P1", lambda: p1_prepare_ready(dev, plan)),
+            ("P2", lambda: p2_start(dev, base, plan)),
+            ("P3", lambda: p3_stop(dev, base, plan)),
+            ("P4", lambda: p4_too_switch(dev, base, plan)),
+            ("P5", lambda: p5_responsiveness(devices, plan)),
+            ("P6", lambda: p6_events(dev, base, stack.rest_url, plan)),
+            ("P7", lambda: p7_scale(devices, plan)),
+            (
+                "gateway",
+                lambda: gateway(
+                    dev, stack.rest_url, plan, (results.get("P1") or {}).get("median_ms")
+                ),
+            ),
+        ]
+        for key, step in steps:
+            if key not in only:
+                continue
+            began = time.monotonic()
+            log(f"{key}: {TITLES[key]} ...")
+            try:
+                results[key] = step()
+            except Exception as exc:  # one broken figure must not lose the others
+                results[key] = {"error": f"{type(exc).__name__}: {exc}", "met": False, "n": 0}
+            finally:
+                for client in devices:
+                    client.stop_all()
+            results[key]["seconds"] = round(time.monotonic() - began, 1)
+            log(f"{key}: {summary_line(results[key])}")
+        base.close()
+        for client in devices:
+            client.close()
+    return results
+
+
+def summary_line(figure: dict[str, Any]) -> str:
+    if "error" in figure:
+        return f"ERROR {figure['error']}"
+    value = (
+        f"median {figure['median_ms']} ms, p99 {figure['p99_ms']} ms"
+        if "median_ms" in figure
+        else f"{figure['rate_per_s']} /s"
+    )
+    return f"{value}; target {figure['target']}; met={figure['met']}"
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _row(name: str, title: str, f: dict[str, Any]) -> str:
+    if "error" in f:
+        return f"| {name} | {title} | error: {f['error']} | | | | | no | 0 |"
+    if "median_ms" in f:
+        value, p99 = f"{f['median_ms']} ms", f"{f['p99_ms']} ms"
+        base = f.get("baseline_median_ms")
+        base = f"{base} ms" if base is not None else "-"
+    else:
+        value, p99 = f"{f['rate_per_s']} /s", f"lost {f.get('lost', '-')}"
+        base = f.get("baseline_rate_per_s")
+        base = f"{base} /s" if base is not None else "-"
+    met = "yes" if f.get("main_met", f["met"]) else "**no**"
+    return (
+        f"| {name} | {title} | {value} | {p99} | {base} | {_cell(f.get('ratio'))} | "
+        f"{f['target']} | {met} | {f['n']} |"
+    )
+
+
+def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        "# OET benchmark results",
+        "",
+        f"Run {meta['when']} on {meta['machine']} ({meta['cpus']} CPUs), "
+        f"mode `{meta['mode']}`, {meta['seconds']} s. Generated by `python -m benchmarks`; "
+        "see docs/benchmarks.md.",
+        "",
+        "| figure | what | median / rate | p99 / loss | baseline | ratio | target | met | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in FIGURES:
+        if key not in results:
+            continue
+        figure = results[key]
+        lines.append(_row(key, TITLES[key], figure))
+        for part, sub in (figure.get("parts") or {}).items():
+            lines.append(_row(f"{key}.{part}", PART_TITLES.get(part, part), sub))
+    lines += [
+        "",
+        "Ratio: figure median / baseline median (P5: p99 / idle p99; P6: rate / rate).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny repetitions (< 60 s), for CI")
+    parser.add_argument(
+        "--only", default=",".join(FIGURES), help="comma-separated figures (default: all)"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path(__file__).resolve().parent, help="where to write"
+    )
+    options = parser.parse_args(argv)
+    only = {name.strip() for name in options.only.split(",") if name.strip()}
+    unknown = only - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figures {sorted(unknown)}; choose from {FIGURES}")
+    plan = Plan.smoke() if options.smoke else Plan()
+    began = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"[{time.monotonic() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    results = measure(plan, only, log)
+    import os
+
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "mode": "smoke" if options.smoke else "full",
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    (options.out_dir / "results.json").write_text(
+        json.dumps({**results, "meta": meta}, indent=2) + "\n"
+    )
+    table = markdown(results, meta)
+    (options.out_dir / "results.md").write_text(table)
+    print(table)
+    return 0 if all("error" not in results[k] for k in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""An SSE client of the gateway's ``/stream``, as a documented client uses it.
+
+:class:`SseReader` reads the stream in a thread into an :class:`~benchmarks.harness.EventLog`
+and resumes with ``Last-Event-ID`` when the gateway drops it as too slow. Run as a module it is
+the separate client process of P6: it counts ``count`` announce messages and prints a JSON
+report (arrival span, order, reconnections) on stdout::
+
+    python -m benchmarks.sse URL COUNT
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+from .harness import EventLog
+
+
+class SseReader:
+    """Reads ``{url}/stream`` into ``log`` (raw JSON text per event) until closed."""
+
+    def __init__(self, url: str, log: EventLog | None = None):
+        self.url = url
+        self.log = log if log is not None else EventLog()
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.last_id: str | None = None
+        self._closed = False
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self._thread = threading.Thread(target=self._run, name="sse-reader", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> SseReader:
+        self._thread.start()
+        if not self.connected.wait(timeout):
+            raise RuntimeError(f"no SSE stream from {self.url}")
+        return self
+
+    def _run(self) -> None:
+        while not self._closed:
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                with connect_sse(self._client, "GET", f"{self.url}/stream", headers=headers) as src:
+                    for message in src.iter_sse():
+                        arrival = time.perf_counter()
+                        if message.id:
+                            self.last_id = message.id
+                        if message.data:
+                            self.log.add(message.data, arrival)
+                        else:
+                            self.connected.set()  # the first message: the stream is live
+            except (httpx.HTTPError, RuntimeError):
+                if self._closed:
+                    return
+            if not self._closed:
+                self.reconnects += 1
+
+    def close(self) -> None:
+        self._closed = True
+        self._client.close()
+
+
+def count_announces(log: EventLog, count: int, timeout: float) -> dict[str, Any]:
+    """Wait for ``count`` announce events and describe their delivery."""
+    deadline = time.monotonic() + timeout
+    arrivals: list[float] = []
+    messages: list[Any] = []
+    seqs: list[int] = []
+    position = 0
+    while len(messages) < count:
+        try:
+            position, arrival, data = log.wait_for(
+                lambda d: d.get("topic") == "user.script.announce",
+                position,
+                max(0.0, deadline - time.monotonic()),
+            )
+        except TimeoutError:
+            break
+        arrivals.append(arrival)
+        messages.append(data.get("msg"))
+        seqs.append(int(data.get("seq", 0)))
+        position += 1
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    return {
+        "received": len(messages),
+        "lost": count - len(set(m for m in messages if isinstance(m, int))),
+        "in_order": messages == list(range(len(messages)))
+        and all(b > a for a, b in itertools.pairwise(seqs)),
+        "first": arrivals[0] if arrivals else None,
+        "last": arrivals[-1] if arrivals else None,
+        "rate_per_s": (len(arrivals) - 1) / span if span > 0 else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    url, count = (argv or sys.argv[1:])[:2]
+    reader = SseReader(url).start()
+    print("ready", flush=True)
+    report = count_announces(reader.log, int(count), timeout=120.0)
+    report["reconnects"] = reader.reconnects
+    reader.close()
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
