@@ -1,0 +1,57 @@
+"""The benchmark harness runs end to end in smoke mode and writes results of the documented
+shape. No timing is asserted: the figures of a smoke run on a shared CI machine mean nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway")
+
+
+def _check_figure(name: str, figure: dict) -> None:
+    assert "error" not in figure, f"{name}: {figure.get('error')}"
+    for key in ("target", "met", "n", "ratio"):
+        assert key in figure, f"{name} lacks {key}"
+    assert isinstance(figure["met"], bool)
+    assert isinstance(figure["n"], int) and figure["n"] > 0
+    if "median_ms" in figure:
+        assert figure["median_ms"] > 0 and figure["p99_ms"] >= figure["median_ms"]
+        assert "baseline_median_ms" in figure
+    else:
+        assert figure["rate_per_s"] > 0
+        assert "baseline_rate_per_s" in figure
+    if figure.get("baseline_median_ms") is not None:
+        assert figure["ratio"] == pytest.approx(
+            figure["median_ms"] / figure["baseline_median_ms"], rel=0.01
+        ) or name.startswith("P5")
+
+
+@pytest.mark.bench_smoke
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_smoke_run_writes_results(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:] + completed.stdout[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(FIGURES) <= set(results)
+    for name in FIGURES:
+        _check_figure(name, results[name])
+        for part, sub in (results[name].get("parts") or {}).items():
+            _check_figure(f"{name}.{part}", sub)
+    assert results["P1"]["baseline_median_ms"] is not None  # cold interpreter, same run
+    assert results["P6"]["lost"] == 0 and results["P6"]["in_order"]  # delivery, not speed
+    table = (tmp_path / "results.md").read_text()
+    for name in FIGURES:
+        assert f"| {name} |" in table
