@@ -8,7 +8,8 @@
    everything in reverse order (scripts are stopped by the device server itself).
 
 Everything lives under ``--data-dir`` (default ``var/oet-stack``): the Tango database, the
-procedure history of each device and the logs of each process.
+procedure and activity history of each device, the scheduling-block store shared by the devices
+(``sbds/``, seeded with the repository's ``examples/sbds``) and the logs of each process.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ MAX_SUBARRAYS = 16
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 _PORT_LINE = re.compile(rb"Database DS listening on:.*, port=(\d+)\.")
+_REPOSITORY = Path(__file__).resolve().parents[2]
 #: Where the dsconfig file lives in a source checkout.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deviceservers" / "oet.json"
+DEFAULT_CONFIG = _REPOSITORY / "deviceservers" / "oet.json"
+#: The example scripts and SBDs of a source checkout (absent from an installed wheel).
+EXAMPLE_SCRIPTS = _REPOSITORY / "scripts"
+EXAMPLE_SBDS = _REPOSITORY / "examples" / "sbds"
+#: Placeholder in the example SBDs for the absolute path of the example scripts folder.
+SCRIPTS_PLACEHOLDER = "${OET_EXAMPLE_SCRIPTS}"
 
 
 @dataclass
@@ -99,15 +106,56 @@ def load_devices(config: Path | None, subarrays: int) -> dict[str, dict[str, lis
 def device_properties(
     properties: dict[str, list[str]], name: str, options: argparse.Namespace
 ) -> dict[str, list[str]]:
-    """The dsconfig properties plus the stack's own: history file, script roots, abort."""
+    """The dsconfig properties plus the stack's own: history file, SB store, script roots
+    (always including the example scripts, which the example SBDs use), abort script."""
     result = {k: [str(v) for v in vs] for k, vs in properties.items()}
     result["StateDatabase"] = [str(options.data_dir / f"{name.replace('/', '_')}.sqlite")]
-    if options.scripts:
-        result["ScriptRoots"] = [str(Path(p).resolve()) for p in options.scripts]
+    result["SBStore"] = [str(sb_store(options))]
+    result["ScriptRoots"] = [str(p) for p in script_roots(options)]
     abort = options.abort_script or default_abort_script(options)
     if abort:
         result["AbortScript"] = [abort]
     return result
+
+
+def script_roots(options: argparse.Namespace) -> list[Path]:
+    """``--scripts`` folders (else the engine's defaults, ``OET_SCRIPT_ROOTS`` included), plus
+    the repository's ``scripts/`` folder when run from a checkout."""
+    from .procedure.config import config_from_sources  # light: no Tango import
+
+    if options.scripts:
+        roots = [Path(p).resolve() for p in options.scripts]
+    else:
+        roots = list(config_from_sources({}, os.environ).script_roots)
+    if EXAMPLE_SCRIPTS.is_dir() and EXAMPLE_SCRIPTS not in roots:
+        roots.append(EXAMPLE_SCRIPTS)
+    return roots
+
+
+def sb_store(options: argparse.Namespace) -> Path:
+    """The scheduling-block store the stack's devices share."""
+    return options.data_dir / "sbds"
+
+
+def seed_sbds(
+    store: Path, examples: Path = EXAMPLE_SBDS, scripts: Path = EXAMPLE_SCRIPTS
+) -> list[str]:
+    """Copy the example SBDs into ``store``, with ``${OET_EXAMPLE_SCRIPTS}`` replaced by the
+    absolute path of ``scripts``, so ``oet activity run observe sbd-demo-00001`` works at
+    once. An SBD already in the store is left alone (it may have been replaced through the
+    API). Returns the ids written."""
+    from .activity.sbd_store import DirectorySbdStore  # light: no Tango import
+
+    store_ = DirectorySbdStore(store)
+    existing = set(store_.ids())
+    written = []
+    for path in sorted(examples.glob("*.json")) if examples.is_dir() else []:
+        text = path.read_text().replace(SCRIPTS_PLACEHOLDER, str(scripts.resolve()))
+        document = json.loads(text)
+        if document.get("sbd_id") in existing:
+            continue
+        written.append(store_.add(document)["sbd_id"])
+    return written
 
 
 def default_abort_script(options: argparse.Namespace) -> str | None:
@@ -275,6 +323,7 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     stack.add("PyDatabaseds", db_process)
     tango_host = f"{options.host}:{port}"
     env["TANGO_HOST"] = tango_host
+    seed_sbds(sb_store(options))
     devices = load_devices(options.config, options.subarrays)
     register_devices(
         tango_host,
@@ -310,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scripts",
         action="append",
         metavar="DIR",
-        help="folder file:// scripts may come from (repeatable; default: /scripts and ./scripts)",
+        help="folder file:// scripts may come from (repeatable; default: /scripts and "
+        "./scripts); the repository's scripts/ folder is always added",
     )
     parser.add_argument(
         "--abort-script",

@@ -89,6 +89,13 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         pid = json.loads(prepared.result[1])["id"]
         started = LrcClient(proxy).invoke("Start", json.dumps({"procedure_id": pid}))
         assert json.loads(started.result[1])["state"] == "COMPLETE"
+        # the README demo: the example SBD is in the stack's SB store, its scripts allowed
+        demo = LrcClient(proxy).invoke(
+            "RunActivity", json.dumps({"activity_name": "observe", "sbd_id": "sbd-demo-00001"})
+        )
+        assert demo.result[0] == 0, demo.result
+        assert json.loads(demo.result[1])["state"] == "COMPLETE"
+        assert proxy.scriptMessage == "observation complete"
         close_hubs()
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 4  # database, device server, worker fork server, gateway
@@ -99,6 +106,7 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
         assert (tmp_path / "data" / "tango_database.db").exists()
         assert (tmp_path / "data" / "oso_oet_2.sqlite").exists()
+        assert (tmp_path / "data" / "sbds" / "sbd-demo-00001.json").exists()
     finally:
         if process.poll() is None:  # the test failed early: let the stack stop its children
             with contextlib.suppress(psutil.Error):

@@ -48,7 +48,8 @@ def test_stack_adds_history_scripts_and_abort_properties(tmp_path: Path) -> None
     )
     props = stack.device_properties({"SubarrayId": ["1"]}, "oso/oet/1", options)
     assert props["StateDatabase"] == [str(tmp_path / "oso_oet_1.sqlite")]
-    assert props["ScriptRoots"] == [str(tmp_path.resolve())]
+    assert props["ScriptRoots"] == [str(tmp_path.resolve()), str(stack.EXAMPLE_SCRIPTS)]
+    assert props["SBStore"] == [str(tmp_path / "sbds")]
     assert props["AbortScript"] == ["file:///x/abort.py"]
     assert props["SubarrayId"] == ["1"]
 
@@ -74,3 +75,29 @@ def test_abort_script_defaults_to_abort_py_of_the_script_roots(tmp_path: Path) -
     (tmp_path / "abort.py").write_text("def main():\n    pass\n")
     props = stack.device_properties({}, "oso/oet/1", options)
     assert props["AbortScript"] == [f"file://{(tmp_path / 'abort.py').resolve()}"]
+
+
+def test_default_script_roots_are_the_engines_plus_the_example_scripts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OET_SCRIPT_ROOTS", f"{tmp_path}/a:{tmp_path}/b")
+    options = stack.build_parser().parse_args(["--data-dir", str(tmp_path)])
+    props = stack.device_properties({}, "oso/oet/1", options)
+    assert props["ScriptRoots"] == [f"{tmp_path}/a", f"{tmp_path}/b", str(stack.EXAMPLE_SCRIPTS)]
+
+
+def test_example_sbds_are_seeded_with_the_scripts_path(tmp_path: Path) -> None:
+    from ska_oso_oet.activity.domain import ActivityScript
+
+    store = tmp_path / "sbds"
+    assert stack.seed_sbds(store) == ["sbd-demo-00001"]
+    demo = json.loads((store / "sbd-demo-00001.json").read_text())
+    observe = ActivityScript.from_sbd("observe", demo["activities"]["observe"])
+    assert observe.script.script_uri == f"file://{stack.EXAMPLE_SCRIPTS / 'observe.py'}"
+    assert (stack.EXAMPLE_SCRIPTS / "observe.py").is_file()
+    assert "${" not in (store / "sbd-demo-00001.json").read_text()
+    # an SBD already stored (e.g. replaced through the API) is kept
+    demo["metadata"]["version"] = 2
+    (store / "sbd-demo-00001.json").write_text(json.dumps(demo))
+    assert stack.seed_sbds(store) == []
+    assert json.loads((store / "sbd-demo-00001.json").read_text())["metadata"]["version"] == 2
