@@ -1,6 +1,7 @@
 """The FastAPI application of the gateway.
 
-Serve it with uvicorn's factory mode (``uvicorn --factory ska_oso_oet.rest.app:create_app``, or
+One app serves one device, plus optionally more devices under ``/subarray/<n>``. Serve it with
+uvicorn's factory mode (``uvicorn --factory ska_oso_oet.rest.app:create_app``, or
 ``oet-gateway``); settings then come from ``OET_REST_*`` variables. Tests pass their own
 settings and a fake :class:`~.client.DeviceClient`.
 """
@@ -8,8 +9,10 @@ settings and a fake :class:`~.client.DeviceClient`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -29,34 +32,73 @@ follow every engine and script event as Server-Sent Events on `/stream`.
 """
 
 
-def create_app(settings: RestSettings | None = None, client: DeviceClient | None = None) -> FastAPI:
+def create_app(
+    settings: RestSettings | None = None,
+    client: DeviceClient | None = None,
+    extra_clients: Mapping[str, DeviceClient] | None = None,
+) -> FastAPI:
     """Build the gateway app.
 
+    The device ``settings.device`` is served under ``settings.base_path``; each device of
+    ``settings.devices`` gets the same API under ``/subarray/<n>`` in front of it.
+
     :param settings: defaults to ``RestSettings()`` (``OET_REST_*`` environment variables)
-    :param client: the device client; by default a :class:`TangoDeviceClient` for
-        ``settings.device``, created (and connected in the background) in the app's lifespan
+    :param client: the client of ``settings.device``; by default a :class:`TangoDeviceClient`,
+        created (and connected in the background) in the app's lifespan
+    :param extra_clients: clients of ``settings.devices`` by device name (same default)
     """
     settings = settings or RestSettings()
+    mounted: dict[str, FastAPI] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        device_client = client or TangoDeviceClient(
-            settings.device_trl,
-            EventHub(settings.replay_size, settings.client_queue_size),
-            timeout_ms=settings.tango_timeout_ms,
-            threads=settings.tango_threads,
-            reconnect_seconds=settings.reconnect_seconds,
-        )
-        await device_client.start()
-        app.state.client = device_client
+        # Mounted apps get no lifespan of their own: open every device's client here.
+        app.state.client = client or _tango_client(settings)
+        for device, api in mounted.items():
+            given = (extra_clients or {}).get(device)
+            api.state.client = given or _tango_client(api.state.settings)
+        clients = [app.state.client, *(api.state.client for api in mounted.values())]
+        started: list[DeviceClient] = []
         try:
+            for device_client in clients:
+                await device_client.start()
+                started.append(device_client)
             yield
         finally:
-            await device_client.close()
+            for device_client in reversed(started):
+                await device_client.close()
 
+    app = _api(settings, lifespan)
+    for device in settings.devices:
+        device_settings = settings.model_copy(update={"device": device, "devices": []})
+        api = _api(device_settings, None, title=f"OET REST API of {device}")
+        app.mount(subarray_prefix(device), api)
+        mounted[device] = api
+    return app
+
+
+def subarray_prefix(device: str) -> str:
+    """Where an extra device is served: ``oso/oet/3`` -> ``/subarray/3`` (``stack_service``
+    applies the same rule)."""
+    match = re.search(r"(\d+)$", device)
+    return f"/subarray/{match.group(1) if match else re.sub(r'[^A-Za-z0-9_-]+', '-', device)}"
+
+
+def _tango_client(settings: RestSettings) -> TangoDeviceClient:
+    return TangoDeviceClient(
+        settings.device_trl,
+        EventHub(settings.replay_size, settings.client_queue_size),
+        timeout_ms=settings.tango_timeout_ms,
+        threads=settings.tango_threads,
+        reconnect_seconds=settings.reconnect_seconds,
+    )
+
+
+def _api(settings: RestSettings, lifespan: Any, title: str = "OET REST API") -> FastAPI:
+    """One device's API: routes, error handlers, documentation."""
     base = settings.base_path
     app = FastAPI(
-        title="OET REST API",
+        title=title,
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,10 @@ _ACCEPTED_CODES = {0, 1, 2}
 #: States in which a procedure is still being prepared (it will become READY or FAILED).
 PREPARING_STATES = frozenset({"CREATING", "IDLE", "PREP_ENV", "LOADING", "INITIALISING"})
 FINAL_STATES = frozenset({"COMPLETE", "STOPPED", "FAILED"})
+#: Devices are connected one at a time (see ``TangoDeviceClient._connect``).
+_CONNECT_LOCK = threading.Lock()
+#: Longest wait for the first event after subscribing (see ``_confirm_event_channel``).
+EVENT_CHANNEL_TIMEOUT = 15.0
 
 
 class DeviceClient(abc.ABC):
@@ -88,7 +94,9 @@ class DeviceClient(abc.ABC):
         """
 
         def concerns_procedure(event: HubEvent) -> bool:
-            return event.data.get("procedure_id") == procedure_id
+            return event.data.get("procedure_id") == procedure_id and str(
+                event.data.get("topic", "")
+            ).startswith("procedure.lifecycle.")
 
         deadline = time.monotonic() + timeout
         subscription = self.hub.subscribe(accept=concerns_procedure)
@@ -181,6 +189,10 @@ class TangoDeviceClient(DeviceClient):
                 await asyncio.sleep(self._reconnect_seconds)
 
     def _connect(self) -> None:
+        with _CONNECT_LOCK:  # concurrent first subscriptions to one server lose its events
+            self._connect_unlocked()
+
+    def _connect_unlocked(self) -> None:
         import tango  # the only module of the gateway that needs tango
 
         proxy = tango.DeviceProxy(self.device)
@@ -192,12 +204,50 @@ class TangoDeviceClient(DeviceClient):
         self._event_id = proxy.subscribe_event(
             "lastEvent", tango.EventType.CHANGE_EVENT, self._on_event, stateless=True
         )
+        self._confirm_event_channel(proxy, tango)
         self._proxy = proxy
+
+    def _confirm_event_channel(self, proxy: Any, tango: Any) -> None:
+        """Return once events from the device reach this process (or after a timeout).
+
+        Tango connects the client's event socket asynchronously: events pushed in the first
+        moments after subscribing can be lost, and a client acting at once (``oet-stack``
+        followed by ``oet start``) would miss its run. The device pushes ``loggingLevel`` when
+        it is written, so writing its current value until that event arrives proves the
+        channel (lastEvent's subscription went first on the same connection). Nothing else
+        changes on the device.
+        """
+        arrived = threading.Event()
+
+        def on_level(event: Any) -> None:
+            if not event.err:
+                arrived.set()
+
+        deadline = time.monotonic() + EVENT_CHANNEL_TIMEOUT
+        try:
+            level_id = proxy.subscribe_event("loggingLevel", tango.EventType.CHANGE_EVENT, on_level)
+        except Exception:  # no loggingLevel events: nothing to confirm with
+            LOGGER.warning("cannot confirm the event channel of %s", self.device, exc_info=True)
+            return
+        try:
+            arrived.clear()  # the first event is read synchronously by subscribe_event
+            while time.monotonic() < deadline:
+                proxy.write_attribute("loggingLevel", proxy.read_attribute("loggingLevel").value)
+                if arrived.wait(0.25):
+                    return
+            LOGGER.warning(
+                "events of %s not confirmed within %s s", self.device, EVENT_CHANNEL_TIMEOUT
+            )
+        except Exception:  # e.g. writing refused: carry on without the confirmation
+            LOGGER.warning("cannot confirm the event channel of %s", self.device, exc_info=True)
+        finally:
+            with contextlib.suppress(Exception):
+                proxy.unsubscribe_event(level_id)
 
     def _on_event(self, event: Any) -> None:
         """Tango event thread: hand the JSON to the loop, nothing else."""
         if event.err:
-            LOGGER.debug("lastEvent subscription error: %s", event.errors)
+            LOGGER.debug("lastEvent of %s: error event %s", self.device, event.errors)
             return
         value = getattr(event.attr_value, "value", None)
         if isinstance(value, str):

@@ -114,6 +114,7 @@ class EventHub:
             LOGGER.warning("ignoring an event without JSON or seq: %.200s", raw)
             return None
         if not isinstance(data, dict) or seq <= self.last_seq:
+            LOGGER.debug("ignoring event %s (already at %s)", seq, self.last_seq)
             return None
         event = HubEvent(seq, data, raw)
         self.last_seq = seq

@@ -21,6 +21,7 @@ _FLAGS = {
     "host": "OET_REST_HOST",
     "port": "OET_REST_PORT",
     "device": "OET_REST_DEVICE",
+    "devices": "OET_REST_DEVICES",
     "tango_host": "OET_REST_TANGO_HOST",
     "base_path": "OET_REST_BASE_PATH",
     "log_level": "OET_REST_LOG_LEVEL",
@@ -38,6 +39,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device",
         help="Tango name of the OETDevice to front [OET_REST_DEVICE] (default oso/oet/1)",
+    )
+    parser.add_argument(
+        "--devices",
+        help="more devices, comma-separated, each served under /subarray/<n> [OET_REST_DEVICES]",
     )
     parser.add_argument(
         "--tango-host",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class RestSettings(BaseSettings):
@@ -13,8 +15,11 @@ class RestSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(5000, ge=0, le=65535)
-    #: The OETDevice this gateway fronts (one gateway per subarray device).
+    #: The OETDevice this gateway fronts at ``base_path``.
     device: str = "oso/oet/1"
+    #: More devices, each served at ``/subarray/<n>`` + ``base_path`` (comma-separated in the
+    #: environment), e.g. ``oso/oet/2,oso/oet/3``.
+    devices: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: ``host:port`` of the Tango database; None uses the process's ``TANGO_HOST``.
     tango_host: str | None = None
     base_path: str = "/api/v1.0"
@@ -39,6 +44,13 @@ class RestSettings(BaseSettings):
     #: Seconds uvicorn gives open connections (SSE streams) when shutting down.
     shutdown_grace_seconds: float = Field(2.0, ge=0)
     log_level: str = "info"
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [d.strip() for d in value.split(",") if d.strip()]
+        return value
 
     @field_validator("base_path")
     @classmethod

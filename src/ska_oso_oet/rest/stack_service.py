@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def start(context: Any) -> subprocess.Popen[bytes] | None:
-    """Start ``oet-gateway`` for the stack and wait until it has reached its device.
+    """Start ``oet-gateway`` for the stack and wait until it has reached its devices.
+
+    The first device (or ``--rest-device``) is served at ``/api/v1.0``, the stack's other
+    devices at ``/subarray/<n>/api/v1.0``.
 
     :param context: the stack's ``StackContext`` (options, tango_host, devices, data_dir, env)
     """
@@ -53,43 +57,67 @@ def start(context: Any) -> subprocess.Popen[bytes] | None:
         return None
     host = options.rest_host or options.host
     device = options.rest_device or context.devices[0]
+    others = [d for d in context.devices if d != device]
     log_path = context.data_dir / "oet-gateway.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
     command = [
         sys.executable, "-m", "ska_oso_oet.rest.server", "--host", host,
         "--port", str(options.rest_port), "--device", device, "--tango-host", context.tango_host,
     ]  # fmt: skip
+    if others:
+        command += ["--devices", ",".join(others)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=context.env, start_new_session=True
         )
     try:
-        url = _wait_until_serving(process, log_path, offset)
+        origin = _wait_until_listening(process, log_path, offset)
+        urls = {device: f"{origin}/api/v1.0"}
+        for other in others:
+            urls[other] = f"{origin}{subarray_prefix(other)}/api/v1.0"
+        for url in urls.values():
+            _wait_until_connected(process, log_path, url)
     except BaseException:
         process.terminate()
         process.wait(10)
         raise
-    print(f"REST API {url} (fronting {device}); e.g. OET_REST_URI={url} oet list", flush=True)
+    for name, url in urls.items():
+        print(f"REST API {url} (fronting {name})", flush=True)
+    print(f"  e.g. OET_REST_URI={urls[device]} oet list", flush=True)
     return process
 
 
-def _wait_until_serving(process: subprocess.Popen[bytes], log_path: Any, offset: int) -> str:
+def subarray_prefix(device: str) -> str:
+    """Same rule as :func:`ska_oso_oet.rest.app.subarray_prefix` (kept free of FastAPI)."""
+    match = re.search(r"(\d+)$", device)
+    return f"/subarray/{match.group(1) if match else re.sub(r'[^A-Za-z0-9_-]+', '-', device)}"
+
+
+def _check(process: subprocess.Popen[bytes], log_path: Any, deadline: float) -> None:
+    if process.poll() is not None:
+        raise RuntimeError(f"oet-gateway exited with code {process.returncode}; see {log_path}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"oet-gateway not ready within {START_TIMEOUT} s; see {log_path}")
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], log_path: Any, offset: int) -> str:
+    """``http://host:port`` once uvicorn says it listens."""
     deadline = time.monotonic() + START_TIMEOUT
-    base = None
     while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"oet-gateway exited with code {process.returncode}; see {log_path}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"oet-gateway not ready within {START_TIMEOUT} s; see {log_path}")
-        if base is None:
-            text = log_path.read_bytes()[offset:].decode(errors="replace")
-            if _RUNNING in text:
-                base = text.split(_RUNNING, 1)[1].split()[0]
-        if base is not None:
-            url = base.replace("://0.0.0.0:", "://localhost:") + "/api/v1.0"
-            try:
-                with urllib.request.urlopen(f"{url}/procedures", timeout=5):
-                    return url  # 200: the gateway reached its device
-            except (urllib.error.URLError, OSError):
-                pass  # 503 until the device is reached, or not listening yet
-        time.sleep(0.1)  # waiting for a child process to become ready
+        _check(process, log_path, deadline)
+        text = log_path.read_bytes()[offset:].decode(errors="replace")
+        if _RUNNING in text:
+            return text.split(_RUNNING, 1)[1].split()[0].replace("://0.0.0.0:", "://localhost:")
+        time.sleep(0.05)  # waiting for a child process's start-up line
+
+
+def _wait_until_connected(process: subprocess.Popen[bytes], log_path: Any, url: str) -> None:
+    """Until ``GET {url}/procedures`` answers 200: the gateway has reached that device."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        _check(process, log_path, deadline)
+        try:
+            with urllib.request.urlopen(f"{url}/procedures", timeout=5):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)  # 503 until the device is reached

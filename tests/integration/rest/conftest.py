@@ -124,7 +124,9 @@ class Stack:
         self.scripts.mkdir()
         for name, text in SCRIPTS.items():
             (self.scripts / name).write_text(text)
-        self.env = {**os.environ, "TANGO_HOST": tango_host, "PYTHONUNBUFFERED": "1"}
+        # The processes get this test's settings only, whatever the calling environment holds.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("OET_REST_", "OET_"))}
+        self.env = {**inherited, "TANGO_HOST": tango_host, "PYTHONUNBUFFERED": "1"}
         self.device_server = ManagedProcess(
             "device-server", [PYTHON, "-m", "ska_oso_oet.tango.server", SERVER.split("/")[1]],
             self.env, tmp,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import pytest
 
 from ska_oso_oet.rest import server
@@ -23,17 +26,18 @@ def test_tango_host_qualifies_the_device_name():
 
 
 def test_flags_override_the_environment_and_uvicorn_uses_the_factory(monkeypatch):
-    for variable in server._FLAGS.values():  # main() sets these; restore them afterwards
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("OET_REST_PORT", "6000")
-    monkeypatch.setenv("OET_REST_DEVICE", "oso/oet/3")
     seen = {}
     monkeypatch.setattr(server.uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    server.main(["--port", "7001", "--tango-host", "localhost:10000"])
+    with mock.patch.dict(os.environ):  # main() exports flags as OET_REST_*: undo it all after
+        os.environ["OET_REST_PORT"] = "6000"
+        os.environ["OET_REST_DEVICE"] = "oso/oet/3"
+        server.main(["--port", "7001", "--tango-host", "localhost:10000", "--devices", "a/b/2"])
+        settings = RestSettings()
     assert seen["app"] == "ska_oso_oet.rest.app:create_app" and seen["factory"] is True
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 7001)
-    settings = RestSettings()
     assert settings.device_trl == "tango://localhost:10000/oso/oet/3"
+    assert settings.devices == ["a/b/2"]
+    assert "OET_REST_TANGO_HOST" not in os.environ
 
 
 def test_invalid_configuration_exits_with_a_message(monkeypatch):

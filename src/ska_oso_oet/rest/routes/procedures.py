@@ -30,9 +30,11 @@ router = APIRouter(prefix="/procedures", tags=["procedures"])
 
 
 def public_summary(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
-    """The device's summary plus ``uri``, built from the URL the client used."""
-    uri = str(request.url_for("get_procedure", procedure_id=str(summary["id"])))
-    return {"uri": uri, **summary}
+    """The device's summary plus ``uri``, built from the URL the client used (host, any root
+    path of a proxy and the ``/subarray/<n>`` mount of an extra device)."""
+    path = request.app.url_path_for("get_procedure", procedure_id=str(summary["id"]))
+    root = request.scope.get("root_path", "")
+    return {"uri": f"{request.url.scheme}://{request.url.netloc}{root}{path}", **summary}
 
 
 @router.get("", response_model=ProcedureListResponse, responses=error_responses(503))
