@@ -108,6 +108,6 @@ def _api(settings: RestSettings, lifespan: Any, title: str = "OET REST API") -> 
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (procedures.router, activities.router, stream.router):
+    for router in (procedures.router, activities.router, activities.sbd_router, stream.router):
         app.include_router(router, prefix=base)
     return app

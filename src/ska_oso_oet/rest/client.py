@@ -84,6 +84,26 @@ class DeviceClient(abc.ABC):
     async def list_procedures(self) -> list[dict[str, Any]]:
         """Summaries in the device's history window, oldest first."""
 
+    @abc.abstractmethod
+    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run an activity of a stored SBD; returns its summary at once (REQUESTED)."""
+
+    @abc.abstractmethod
+    async def get_activity(self, activity_id: int) -> dict[str, Any]:
+        """One activity summary; ``OET_NOT_FOUND`` when the id is unknown."""
+
+    @abc.abstractmethod
+    async def list_activities(self) -> list[dict[str, Any]]:
+        """Activity summaries in the device's history window, oldest first."""
+
+    @abc.abstractmethod
+    async def add_sbd(self, sbd: dict[str, Any]) -> dict[str, Any]:
+        """Store (or replace) a scheduling block definition; returns it as stored."""
+
+    @abc.abstractmethod
+    async def get_sbd(self, sbd_id: str) -> dict[str, Any]:
+        """One stored SBD; ``OET_NOT_FOUND`` when unknown."""
+
     async def wait_for_state(
         self, procedure_id: int, states: Collection[str], timeout: float
     ) -> dict[str, Any]:
@@ -306,10 +326,30 @@ class TangoDeviceClient(DeviceClient):
         return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")
 
     async def list_procedures(self) -> list[dict[str, Any]]:
-        def read(proxy: Any) -> str:
-            return proxy.read_attribute("procedures").value
+        return await self._read_json_list("procedures")
 
-        return _loads(await self._call(read) or "[]", "procedures")
+    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
+        command_id = await self._lrc("RunActivity", request)
+        # The activity exists (REQUESTED, with its procedure) once RunActivity returns.
+        return _loads(await self._command("GetActivity", command_id), "GetActivity")
+
+    async def get_activity(self, activity_id: int) -> dict[str, Any]:
+        return _loads(await self._command("GetActivity", str(activity_id)), "GetActivity")
+
+    async def list_activities(self) -> list[dict[str, Any]]:
+        return await self._read_json_list("activities")
+
+    async def add_sbd(self, sbd: dict[str, Any]) -> dict[str, Any]:
+        return _loads(await self._command("AddSbd", json.dumps(sbd)), "AddSbd")
+
+    async def get_sbd(self, sbd_id: str) -> dict[str, Any]:
+        return _loads(await self._command("GetSbd", sbd_id), "GetSbd")
+
+    async def _read_json_list(self, attribute: str) -> list[dict[str, Any]]:
+        def read(proxy: Any) -> str:
+            return proxy.read_attribute(attribute).value
+
+        return _loads(await self._call(read) or "[]", attribute)
 
 
 def error_from_any(exc: Exception) -> GatewayError:

@@ -83,6 +83,10 @@ def error_from_dev_failed(exc: Exception) -> GatewayError:
     first = errors[0]
     reasons = {str(e.reason) for e in errors}
     desc = str(first.desc).strip()
+    if reasons & {"API_CommandNotFound", "API_AttrNotFound"}:
+        return GatewayError(
+            NOT_IMPLEMENTED, f"The OET device does not offer this (an older version?): {desc}"
+        )
     if "API_DeviceTimedOut" in reasons:
         return GatewayError(DEVICE_TIMEOUT, f"The OET device did not answer in time: {desc}")
     if any(r.startswith(("API_", "DB_")) for r in reasons):

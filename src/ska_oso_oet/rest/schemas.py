@@ -124,6 +124,60 @@ class StopResponse(BaseModel):
     abort_message: str
 
 
+class CreateActivityRequest(BaseModel):
+    """Body of ``POST /activities``: run an activity of a stored scheduling block definition."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "activity_name": "observe",
+                    "sbd_id": "sbd-demo-00001",
+                    "script_args": {"main": {"args": [], "kwargs": {"scans": 1}}},
+                    "prepare_only": False,
+                    "create_env": False,
+                }
+            ]
+        },
+    )
+    activity_name: str = Field(min_length=1)
+    sbd_id: str = Field(min_length=1)
+    script_args: dict[str, FunctionArgs] = Field(default_factory=dict)
+    prepare_only: bool = False
+    create_env: bool = False
+
+
+class ActivitySummary(BaseModel):
+    """An activity as clients see it; its script runs as procedure ``procedure_id``."""
+
+    model_config = ConfigDict(extra="allow")
+    uri: str
+    id: int
+    activity_name: str
+    sbd_id: str
+    procedure_id: int | None = None
+    prepare_only: bool
+    script_args: dict[str, FunctionArgs]
+    activity_states: list[tuple[str, float]]
+    state: str
+    sbi_id: str | None = None
+
+
+class ActivityResponse(BaseModel):
+    activity: ActivitySummary
+
+
+class ActivityListResponse(BaseModel):
+    activities: list[ActivitySummary]
+
+
+class SbdResponse(BaseModel):
+    """A scheduling block definition as stored (fields beyond these are kept untouched)."""
+
+    sbd: dict[str, Any]
+
+
 class ErrorResponse(BaseModel):
     """Every error: ``{"error": "404 Not Found", "type": "ResourceNotFound", "Message": ...}``."""
 

@@ -43,6 +43,18 @@ def main(count=3):
     for i in range(count):
         pub.sendMessage("user.script.announce", msg_src="hello", msg=f"{GREETING} #{i}")
 """,
+    "activity.py": """
+import json
+from pubsub import pub
+
+def init(subarray_id=1):
+    pass
+
+def main(*args, sb_json=None, sbi_id=None, scans=1):
+    with open(sb_json) as f:
+        sbd_id = json.load(f)["sbd_id"]
+    pub.sendMessage("user.script.announce", msg_src="activity", msg=f"{sbd_id} {sbi_id} x{scans}")
+""",
     "fail.py": """
 def main():
     raise ValueError("the script failed on purpose")

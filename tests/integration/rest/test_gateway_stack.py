@@ -127,7 +127,8 @@ def test_last_event_id_resumes_exactly_after_the_given_event(stack):
         ("get", "/procedures/99999", None, 404),
         ("put", "/procedures/99999", {"state": "RUNNING"}, 404),
         ("get", "/procedures/abc", None, 400),
-        ("get", "/activities", None, 501),
+        ("get", "/activities/99999", None, 404),
+        ("post", "/activities", {"activity_name": "observe"}, 400),
     ],
 )
 def test_bad_requests_get_documented_errors(stack, method, path, body, status):
@@ -222,3 +223,55 @@ def test_latencies(stack, record_property):
         f"(all: {[round(x * 1000, 1) for x in put_to_event]})"
     )
     assert median(post_to_ready) < 5 and median(put_to_event) < 5
+
+
+def test_activities_run_the_script_of_a_stored_sbd(stack):
+    sbd = {
+        "sbd_id": "sbd-rest-1",
+        "activities": {
+            "observe": {
+                "kind": "filesystem",
+                "path": stack.script_uri("activity.py"),
+                "function_args": {"main": {"args": [], "kwargs": {"scans": 2}}},
+            }
+        },
+    }
+    with stack.http() as http, EventStream(stack.url) as events:
+        stored = http.post("/sbds", json=sbd)
+        assert stored.status_code == 201, stored.text
+        assert http.get("/sbds/sbd-rest-1").json()["sbd"]["sbd_id"] == "sbd-rest-1"
+        response = http.post(
+            "/activities", json={"activity_name": "observe", "sbd_id": "sbd-rest-1"}
+        )
+        assert response.status_code == 201, response.text
+        activity = response.json()["activity"]
+        assert activity["uri"] == f"{stack.url}/activities/{activity['id']}"
+        pid = activity["procedure_id"]
+        announced = events.wait_for(lambda e: e.get("procedure_id") == pid and "msg" in e)
+        assert announced["msg"] == f"sbd-rest-1 {activity['sbi_id']} x2"
+        events.wait_for(is_event("procedure.lifecycle.complete", pid))
+        events.wait_for(
+            lambda e: (
+                e.get("topic") == "activity.lifecycle.complete"
+                and e.get("activity_id") == activity["id"]
+            )
+        )
+        final = http.get(f"/activities/{activity['id']}").json()["activity"]
+        assert final["state"] == "COMPLETE"
+        assert activity["id"] in [a["id"] for a in http.get("/activities").json()["activities"]]
+        missing = http.post("/activities", json={"activity_name": "observe", "sbd_id": "nope"})
+        assert missing.status_code == 404, missing.text
+
+    ran = oet(
+        stack,
+        "activity",
+        "run",
+        "observe",
+        "sbd-rest-1",
+        '--script_args={"main": {"kwargs": {"scans": 3}}}',
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert any(
+        line.startswith("- Script message: sbd-rest-1 ") and line.endswith(" x3")
+        for line in ran.stdout.splitlines()
+    )

@@ -240,9 +240,71 @@ def test_older_url_settings_ending_in_procedures_still_work(server_url, capsys):
     assert code == 0
 
 
-@pytest.mark.parametrize("argv", [("activity", "list"), ("activity", "run", "observe", "sbd-1")])
-def test_activities_not_available_is_one_line_and_exit_7(server_url, capsys, argv):
-    code, _, err = oet(capsys, *argv)
+SBD = {
+    "sbd_id": "sbd-c-1",
+    "activities": {"observe": {"kind": "filesystem", "path": "file:///scripts/observe.py"}},
+}
+
+
+def test_activity_run_follows_its_procedure_and_list_describe(server_url, device, capsys):
+    device.sbds["sbd-c-1"] = SBD
+
+    def finish(pid):
+        device.set_state(pid, "RUNNING")
+        device.finish(pid)
+
+    code, out, err = follow_activity(capsys, device, finish)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "Activity",
+        "SB",
+        "ID",
+        "Creation",
+        "Time",
+        "Procedure",
+        "ID",
+        "State",
+    ]
+    assert lines[2].split()[:3] == ["1", "observe", "sbd-c-1"]
+    assert lines[-1].endswith("execution complete")
+    sent = next(arg for name, arg in device.calls if name == "RunActivity")
+    assert sent["script_args"] == {"main": {"args": [], "kwargs": {"n": 2}}}
+    code, out, _ = oet(capsys, "activity", "list")
+    assert code == 0 and "observe" in out
+    code, out, _ = oet(capsys, "activity", "describe", "--aid=1")
+    assert code == 0 and '"sbi_id": "sbi-fake-00001"' in out
+
+
+def follow_activity(capsys, device, finish):
+    def script_side():
+        wait_until(lambda: device.activities)
+        finish(device.activities[1]["procedure_id"])
+
+    helper = threading.Thread(target=script_side)
+    helper.start()
+    try:
+        return oet(
+            capsys, "activity", "run", "observe", "sbd-c-1",
+            '--script_args={"main": {"kwargs": {"n": 2}}}',
+        )  # fmt: skip
+    finally:
+        helper.join()
+
+
+def test_activity_errors_are_one_line(server_url, device, capsys):
+    code, _, err = oet(capsys, "activity", "run", "observe", "sbd-none", "--listen=False")
+    assert code == exit_codes.NOT_FOUND and err.strip() == (
+        "Error: Server encountered error 404 Not Found: ResourceNotFound: no SBD 'sbd-none'"
+    )
+    code, _, err = oet(capsys, "activity", "run", "observe", "x", "--script_args={bad")
+    assert code == exit_codes.USAGE and "--script_args is not valid JSON" in err
+
+
+def test_device_without_activities_is_one_line_and_exit_7(server_url, device, capsys):
+    device.activity_support = False
+    code, _, err = oet(capsys, "activity", "list")
     assert code == exit_codes.SERVER_ERROR
     assert err.startswith("Error: Server encountered error 501 Not Implemented: NotImplemented:")
 

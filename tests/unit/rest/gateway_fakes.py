@@ -33,8 +33,13 @@ class FakeDevice(DeviceClient):
         self.auto_ready = auto_ready
         self.unreachable = False
         self.procedures: dict[int, dict[str, Any]] = {}
+        self.activities: dict[int, dict[str, Any]] = {}
+        self.sbds: dict[str, dict[str, Any]] = {}
+        #: False behaves like an older device without the activity commands.
+        self.activity_support = True
         self.calls: list[tuple[str, Any]] = []
         self._ids = itertools.count(1)
+        self._activity_ids = itertools.count(1)
         self._seq = itertools.count(1_000_000)
         self._lock = threading.Lock()
 
@@ -103,6 +108,68 @@ class FakeDevice(DeviceClient):
     async def list_procedures(self) -> list[dict[str, Any]]:
         self._check("procedures", None)
         return [copy.deepcopy(p) for _, p in sorted(self.procedures.items())]
+
+    def _check_activities(self, name: str, argument: Any) -> None:
+        self._check(name, argument)
+        if not self.activity_support:
+            raise GatewayError(errors.NOT_IMPLEMENTED, f"The OET device does not offer {name}")
+
+    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._check_activities("RunActivity", request)
+        sbd = await self.get_sbd(request["sbd_id"])
+        spec = sbd["activities"].get(request["activity_name"])
+        if spec is None:
+            raise GatewayError(errors.INVALID_REQUEST, f"no activity {request['activity_name']!r}")
+        init = (request.get("script_args") or {}).get("init") or {}
+        procedure = await self.prepare(
+            {"script": {"script_uri": spec["path"]}, "script_args": {"init": init}}
+        )
+        aid = next(self._activity_ids)
+        now = time.time()
+        summary = {
+            "id": aid,
+            "activity_name": request["activity_name"],
+            "sbd_id": request["sbd_id"],
+            "procedure_id": procedure["id"],
+            "prepare_only": request.get("prepare_only", False),
+            "script_args": {"init": {"args": [], "kwargs": {}}, "main": {"args": [], "kwargs": {}}},
+            "activity_states": [["TODO", now], ["REQUESTED", now]],
+            "state": "REQUESTED",
+            "sbi_id": f"sbi-fake-{aid:05d}",
+            "command_id": f"{now}_{aid}_RunActivity",
+        }
+        self.activities[aid] = summary
+        self.emit(
+            "activity.lifecycle.requested",
+            activity_id=aid,
+            procedure_id=procedure["id"],
+            new_state="REQUESTED",
+            result=copy.deepcopy(summary),
+        )
+        return copy.deepcopy(summary)
+
+    async def get_activity(self, activity_id: int) -> dict[str, Any]:
+        self._check_activities("GetActivity", activity_id)
+        if activity_id not in self.activities:
+            raise GatewayError(errors.NOT_FOUND, f"no activity for '{activity_id}'")
+        return copy.deepcopy(self.activities[activity_id])
+
+    async def list_activities(self) -> list[dict[str, Any]]:
+        self._check_activities("activities", None)
+        return [copy.deepcopy(a) for _, a in sorted(self.activities.items())]
+
+    async def add_sbd(self, sbd: dict[str, Any]) -> dict[str, Any]:
+        self._check_activities("AddSbd", sbd)
+        if not isinstance(sbd.get("sbd_id"), str) or not isinstance(sbd.get("activities"), dict):
+            raise GatewayError(errors.INVALID_REQUEST, "an SBD needs sbd_id and activities")
+        self.sbds[sbd["sbd_id"]] = copy.deepcopy(sbd)
+        return copy.deepcopy(sbd)
+
+    async def get_sbd(self, sbd_id: str) -> dict[str, Any]:
+        self._check_activities("GetSbd", sbd_id)
+        if sbd_id not in self.sbds:
+            raise GatewayError(errors.NOT_FOUND, f"no SBD {sbd_id!r}")
+        return copy.deepcopy(self.sbds[sbd_id])
 
     # --- what tests call (any thread) -------------------------------------------------------
     def _get(self, procedure_id: int) -> dict[str, Any]:

@@ -36,6 +36,7 @@ def dev_failed(*reasons: str, desc: str = "something readable") -> tango.DevFail
         (("API_CantConnectToDevice", "API_CorbaException"), errors.DEVICE_UNREACHABLE, 503),
         (("DB_DeviceNotDefined",), errors.DEVICE_UNREACHABLE, 503),
         (("API_DeviceTimedOut",), errors.DEVICE_TIMEOUT, 504),
+        (("API_CommandNotFound",), errors.NOT_IMPLEMENTED, 501),
         (("PyDs_PythonError",), errors.DEVICE_ERROR, 500),
     ],
 )
@@ -159,3 +160,14 @@ def test_change_events_reach_the_hub_and_error_events_do_not():
         return event
 
     assert asyncio.run(scenario()).seq == 5
+
+
+def test_run_activity_finds_the_activity_by_its_command_id():
+    activity = {"id": 2, "state": "REQUESTED", "procedure_id": 5}
+    proxy = FakeProxy(
+        {"RunActivity": [[1], ["1.0_9_RunActivity"]], "GetActivity": json.dumps(activity)}
+    )
+    body = {"activity_name": "observe", "sbd_id": "sbd-1"}
+    assert run_with(proxy, lambda c: c.run_activity(body)) == activity
+    assert json.loads(proxy.calls[0][1]) == body
+    assert proxy.calls[1] == ("GetActivity", "1.0_9_RunActivity")

@@ -220,17 +220,6 @@ def test_unreachable_device_is_503(client, device):
         assert response.json()["error"] == "503 Service Unavailable"
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("get", "/activities"), ("post", "/activities"), ("get", "/activities/1")],
-)
-def test_activities_answer_a_clear_501(client, method, path):
-    response = client.request(method, f"{BASE}{path}", json={} if method == "post" else None)
-    assert response.status_code == 501
-    assert response.json()["type"] == "NotImplemented"
-    assert "Activities are not available" in response.json()["Message"]
-
-
 def test_unknown_route_is_a_json_404(client):
     response = client.get(f"{BASE}/nothing-here")
     assert response.status_code == 404

@@ -1,6 +1,7 @@
 """``oet activity run|list|describe``: activities of scheduling blocks.
 
-A server without activities answers 501; the command then prints that one line and exits 7.
+A server whose device has no activities (an older version) answers 501; the command then
+prints that one line and exits 7.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import typer
 from .. import exit_codes
 from ..args import parse_bool
 from ..errors import CliError, reporting_errors
-from ..formatting import activity_table
+from ..formatting import activity_table, event_line
 from .common import state_of
+from .procedures import ENDINGS
 
 AidOption = Annotated[int | None, typer.Option("--aid", help="Activity ID.")]
 
@@ -40,8 +42,17 @@ def run(
         str | None,
         typer.Option("--create_env", "--create-env", metavar="BOOL", help="Build a virtualenv."),
     ] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen", metavar="BOOL", help="Follow the events until the script ends [True]."
+        ),
+    ] = None,
 ) -> None:
-    """Run an activity of a scheduling block (its script is prepared, then started)."""
+    """Run an activity of a scheduling block (its script is prepared, then started).
+
+    Unless --listen=False (or --prepare_only), the events are shown until the activity's
+    script ends; the exit status is 8 if it ends FAILED or STOPPED."""
     try:
         parsed_args: dict[str, Any] = json.loads(script_args) if script_args else {}
     except ValueError as exc:
@@ -53,7 +64,25 @@ def run(
         "prepare_only": parse_bool(prepare_only, "--prepare_only", False),
         "create_env": parse_bool(create_env, "--create_env", False),
     }
-    typer.echo(activity_table([state_of(ctx).http.create_activity(body)]))
+    http = state_of(ctx).http
+    if body["prepare_only"] or not parse_bool(listen, "--listen", True):
+        typer.echo(activity_table([http.create_activity(body)]))
+        return
+    created: dict[str, Any] = {}
+
+    def on_open() -> None:
+        created.update(http.create_activity(body))
+        typer.echo(activity_table([created]))
+        typer.echo("\nEvents\n------\n")
+
+    try:
+        for event in http.events(on_open=on_open):
+            typer.echo(event_line(event))
+            pid = created.get("procedure_id")
+            if event.get("topic") in ENDINGS and event.get("procedure_id") == pid:
+                raise typer.Exit(ENDINGS[event["topic"]])
+    except KeyboardInterrupt:
+        typer.echo(f"\nStopped following events; activity {created.get('id')} continues.", err=True)
 
 
 @reporting_errors

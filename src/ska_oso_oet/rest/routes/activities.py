@@ -1,44 +1,76 @@
-"""``/activities``: running the activities of scheduling blocks.
+"""``/activities``: run the activities of scheduling blocks, and ``/sbds`` to store those.
 
-The device does not run activities yet, so every route answers 501 with the documented error
-body; clients can tell "not available on this server" from a bad request or a missing id.
+An activity runs the script its SBD names for it, as a procedure of its own (``procedure_id``),
+with the SBD's arguments merged with the request's. A device without activities (an older
+version) answers 501 with the documented error body.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
-from .. import errors
-from ..errors import GatewayError
-from ..schemas import error_responses
-
-router = APIRouter(prefix="/activities", tags=["activities"])
-
-_NOT_YET = (
-    "Activities are not available on this OET yet: run scripts as procedures "
-    "(POST /procedures) until the activity service is deployed"
+from ..deps import ClientDep
+from ..schemas import (
+    ActivityListResponse,
+    ActivityResponse,
+    CreateActivityRequest,
+    SbdResponse,
+    error_responses,
 )
 
-
-def _not_available() -> NoReturn:
-    raise GatewayError(errors.NOT_IMPLEMENTED, _NOT_YET)
-
-
-@router.get("", responses=error_responses(501))
-async def list_activities() -> dict[str, Any]:
-    """List activities (``{"activities": [...]}``). Not available yet: 501."""
-    _not_available()
+router = APIRouter(prefix="/activities", tags=["activities"])
+sbd_router = APIRouter(prefix="/sbds", tags=["activities"])
 
 
-@router.post("", status_code=201, responses=error_responses(501))
-async def create_activity(body: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:  # noqa: B008
-    """Run an activity of a scheduling block (``{"activity": ...}``). Not available yet: 501."""
-    _not_available()
+def public_activity(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
+    """The device's activity summary plus ``uri`` (built like procedure URIs)."""
+    path = request.app.url_path_for("get_activity", activity_id=str(summary["id"]))
+    root = request.scope.get("root_path", "")
+    return {"uri": f"{request.url.scheme}://{request.url.netloc}{root}{path}", **summary}
 
 
-@router.get("/{activity_id}", responses=error_responses(501))
-async def get_activity(activity_id: int) -> dict[str, Any]:
-    """Return one activity (``{"activity": ...}``). Not available yet: 501."""
-    _not_available()
+@router.get("", response_model=ActivityListResponse, responses=error_responses(501, 503))
+async def list_activities(request: Request, client: ClientDep) -> dict[str, Any]:
+    """List the activities in the device's history window, oldest first."""
+    summaries = await client.list_activities()
+    return {"activities": [public_activity(request, s) for s in summaries]}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ActivityResponse,
+    responses=error_responses(400, 404, 409, 501, 503),
+)
+async def create_activity(
+    body: CreateActivityRequest, request: Request, client: ClientDep
+) -> dict[str, Any]:
+    """Run an activity of a stored SBD (``sbd_id``). Answers at once (201) with the activity
+    REQUESTED and its procedure; the script starts by itself once READY unless
+    ``prepare_only`` (then start its procedure with ``PUT /procedures/{procedure_id}``)."""
+    summary = await client.run_activity(body.model_dump(mode="json"))
+    return {"activity": public_activity(request, summary)}
+
+
+@router.get(
+    "/{activity_id}", response_model=ActivityResponse, responses=error_responses(400, 404, 501)
+)
+async def get_activity(activity_id: int, request: Request, client: ClientDep) -> dict[str, Any]:
+    """Return one activity."""
+    return {"activity": public_activity(request, await client.get_activity(activity_id))}
+
+
+@sbd_router.post(
+    "", status_code=201, response_model=SbdResponse, responses=error_responses(400, 501, 503)
+)
+async def add_sbd(client: ClientDep, sbd: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
+    """Store (or replace) a scheduling block definition, for activities to run."""
+    return {"sbd": await client.add_sbd(sbd)}
+
+
+@sbd_router.get("/{sbd_id}", response_model=SbdResponse, responses=error_responses(404, 501))
+async def get_sbd(sbd_id: str, client: ClientDep) -> dict[str, Any]:
+    """Return a stored scheduling block definition."""
+    return {"sbd": await client.get_sbd(sbd_id)}
