@@ -166,8 +166,10 @@ def event_line(event: Mapping[str, Any]) -> str:
         except (KeyError, TypeError, AttributeError):
             pass  # an unexpected payload: show it raw below rather than hide it
     if topic.startswith("activity.lifecycle."):
-        state = topic.removeprefix("activity.lifecycle.")
-        return f"- Activity {event.get('activity_id', '?')} {state}"
+        state = event.get("new_state") or topic.removeprefix("activity.lifecycle.").upper()
+        result = event.get("result") or {}
+        what = f" ({result['activity_name']} of {result['sbd_id']})" if result.get("sbd_id") else ""
+        return f"- Activity {event.get('activity_id', '?')}{what} is {state}"
     payload = {k: v for k, v in event.items() if k not in _ENVELOPE}
     return f"- {topic}: {json.dumps(payload, default=str)}"
 

@@ -75,6 +75,13 @@ def test_event_lines():
     assert event_line(stderr) == "- Script error output: oops"
     odd = {"topic": "custom.topic", "seq": 1, "timestamp": 0, "msg_src": "x", "k": [1]}
     assert event_line(odd) == '- custom.topic: {"k": [1]}'
+    activity = {
+        "topic": "activity.lifecycle.running",
+        "activity_id": 3,
+        "new_state": "RUNNING",
+        "result": {"activity_name": "observe", "sbd_id": "sbd-1"},
+    }
+    assert event_line(activity) == "- Activity 3 (observe of sbd-1) is RUNNING"
     broken = {"topic": "user.script.announce"}  # no msg: shown raw, never hidden
     assert event_line(broken) == "- user.script.announce: {}"
 
