@@ -8,14 +8,17 @@ environment, so flags are handed over as ``OET_REST_*`` variables of this proces
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 
+from ..logging_format import logging_config
 from .settings import RestSettings
+
+#: The tags field of the gateway's log lines.
+LOG_TAGS = "service:oet-gateway"
 
 _FLAGS = {
     "host": "OET_REST_HOST",
@@ -68,15 +71,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = RestSettings()
     except ValueError as exc:  # pydantic's ValidationError: report it like argparse would
         sys.exit(f"oet-gateway: invalid configuration: {exc}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
-    )
     uvicorn.run(
         "ska_oso_oet.rest.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # SKA-format lines for everything, uvicorn's access and error logs included
+        log_config=logging_config(settings.log_level, tags=LOG_TAGS),
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         proxy_headers=True,
     )

@@ -1,13 +1,9 @@
-"""SKA logging: the standard line format and the ``loggingTargets`` of SKA devices.
+"""SKA logging of devices: the device tag and the ``loggingTargets`` of SKA devices.
 
-Every line looks like::
-
-    1|2026-11-21T17:02:03.123Z|INFO|Thread-3|prepare|device.py#120|tango-device:oso/oet/1|message
-
-(version, UTC time, level, thread, function, file#line, tags, message), which is what SKA log
-aggregation parses. Targets are ``console::cout``, ``file::<path>``, ``syslog::<url>``
-(``file:///dev/log``, ``udp://host:514``, ``tcp://host:601``) and ``tango::logger`` (the Tango
-Logging Service of the device).
+Lines have the SKA format of :mod:`ska_oso_oet.logging_format` (shared with the gateway and
+``oet-stack``), tagged ``tango-device:<name>``. Targets are ``console::cout``,
+``file::<path>``, ``syslog::<url>`` (``file:///dev/log``, ``udp://host:514``,
+``tcp://host:601``) and ``tango::logger`` (the Tango Logging Service of the device).
 """
 
 from __future__ import annotations
@@ -16,19 +12,18 @@ import logging
 import logging.handlers
 import socket
 import sys
-import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
 
+from ..logging_format import (  # noqa: F401 (re-exported: this module's former contents)
+    SKA_DATE_FORMAT,
+    SKA_LOG_FORMAT,
+    SkaFormatter,
+    configure_process_logging,
+)
 from .ska import LoggingLevel
 
-SKA_LOG_FORMAT = (
-    "1|%(asctime)s.%(msecs)03dZ|%(levelname)s|%(threadName)s|%(funcName)s|"
-    "%(filename)s#%(lineno)d|%(tags)s|%(message)s"
-)
-SKA_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 LOG_FILE_MAX_BYTES = 1024 * 1024
 
 #: Python level for each SKA ``loggingLevel`` (Python has no OFF: CRITICAL comes closest).
@@ -64,20 +59,6 @@ class LoggingTargetError(ValueError):
     """A ``loggingTargets`` entry that cannot be used."""
 
 
-class SkaFormatter(logging.Formatter):
-    """Formats records in the SKA line format, with UTC timestamps."""
-
-    converter = time.gmtime
-
-    def __init__(self) -> None:
-        super().__init__(fmt=SKA_LOG_FORMAT, datefmt=SKA_DATE_FORMAT)
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not hasattr(record, "tags"):
-            record.tags = ""
-        return super().format(record)
-
-
 class DeviceTagFilter(logging.Filter):
     """Stamps ``tango-device:<name>`` into the tags field of a device's records."""
 
@@ -103,26 +84,6 @@ class TangoLoggingServiceHandler(logging.Handler):
             self.tango_logger.log(level, self.format(record))
         except Exception:  # logging must never raise into the caller
             self.handleError(record)
-
-
-_root_lock = threading.Lock()
-
-
-def configure_process_logging(level: int = logging.INFO) -> None:
-    """Give the root logger one SKA-formatted console handler (idempotent).
-
-    Device loggers propagate to it, so every line a server writes to stdout has the SKA shape;
-    the ``loggingTargets`` of a device add handlers on top of this one.
-    """
-    with _root_lock:
-        root = logging.getLogger()
-        if any(getattr(h, "_ska_console", False) for h in root.handlers):
-            return
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(SkaFormatter())
-        handler._ska_console = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.setLevel(level)
 
 
 def sanitise_targets(targets: Iterable[str] | None, device_name: str) -> list[str]:
