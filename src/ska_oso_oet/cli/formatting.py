@@ -93,7 +93,54 @@ def activity_table(activities: Iterable[Mapping[str, Any]]) -> str:
         rows.append((a.get("id"), a.get("activity_name"), a.get("sbd_id"), created,
                      a.get("procedure_id", a.get("pid")), state))  # fmt: skip
     headers = ["ID", "Activity", "SB ID", "Creation Time", "Procedure ID", "State"]
-    return tabulate.tabulate(rows, headers)
+    table = tabulate.tabulate(rows, headers)
+    if rows:
+        table += (
+            "\n\nFor details on activity:- oet activity describe --aid=<ID>"
+            "\nFor details on script execution:- oet procedure describe --pid=<Procedure ID>"
+        )
+    return table
+
+
+def describe_activity(activity: Mapping[str, Any]) -> str:
+    """The ``oet activity describe`` report: identity, URI and prepare-only flag, state history
+    and the arguments given to each function (the SBD's merged with the request's)."""
+    sections = [
+        tabulate.tabulate(
+            [
+                (
+                    activity.get("id"),
+                    activity.get("activity_name"),
+                    activity.get("sbd_id"),
+                    activity.get("procedure_id"),
+                    activity.get("state"),
+                )
+            ],
+            ["ID", "Activity", "SB ID", "Procedure ID", "State"],
+        ),
+        tabulate.tabulate(
+            [(activity.get("uri", ""), activity.get("prepare_only"), activity.get("sbi_id"))],
+            ["URI", "Prepare Only", "SBI ID"],
+        ),
+        tabulate.tabulate(
+            [
+                (_utc(ts, "%Y-%m-%d %H:%M:%S.%f"), state)
+                for state, ts in sorted(activity.get("activity_states") or [], key=lambda s: s[1])
+            ],
+            ["Time", "State"],
+        ),
+        "Script Arguments\n----------------\n\n"
+        + tabulate.tabulate(
+            [
+                (fn, args.get("args", []), args.get("kwargs", {}))
+                for fn, args in (activity.get("script_args") or {}).items()
+            ],
+            ["Method", "Arguments", "Keyword Arguments"],
+        ),
+        "For details on script execution related to the activity\n"
+        "use `oet procedure` commands with the Procedure ID",
+    ]
+    return "\n\n".join(sections)
 
 
 # --- events -----------------------------------------------------------------------------------

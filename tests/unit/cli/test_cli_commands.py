@@ -274,7 +274,12 @@ def test_activity_run_follows_its_procedure_and_list_describe(server_url, device
     code, out, _ = oet(capsys, "activity", "list")
     assert code == 0 and "observe" in out
     code, out, _ = oet(capsys, "activity", "describe", "--aid=1")
-    assert code == 0 and '"sbi_id": "sbi-fake-00001"' in out
+    assert code == 0 and "sbi-fake-00001" in out
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "Activity", "SB", "ID", "Procedure", "ID", "State"]
+    assert lines[2].split()[:3] == ["1", "observe", "sbd-c-1"]
+    assert "Prepare Only" in out and "Script Arguments" in out
+    assert any(line.split() == ["main", "[]", "{}"] for line in lines)  # the fake's arguments
 
 
 def follow_activity(capsys, device, finish):

@@ -14,7 +14,7 @@ import typer
 from .. import exit_codes
 from ..args import parse_bool
 from ..errors import CliError, reporting_errors
-from ..formatting import activity_table, event_line
+from ..formatting import activity_table, describe_activity, event_line
 from .common import state_of
 from .procedures import ENDINGS
 
@@ -105,9 +105,7 @@ def describe(ctx: typer.Context, aid: AidOption = None) -> None:
         activity = max(activities, key=lambda a: a.get("id", 0))
     else:
         activity = http.get_activity(aid)
-    typer.echo(activity_table([activity]))
-    typer.echo("")
-    typer.echo(json.dumps(activity, indent=2, default=str))
+    typer.echo(describe_activity(activity))
 
 
 def register(app: typer.Typer) -> None:
