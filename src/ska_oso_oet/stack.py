@@ -10,6 +10,9 @@
 Everything lives under ``--data-dir`` (default ``var/oet-stack``): the Tango database, the
 procedure and activity history of each device, the scheduling-block store shared by the devices
 (``sbds/``, seeded with the repository's ``examples/sbds``) and the logs of each process.
+
+What ``oet-stack`` prints on stdout (``TANGO_HOST=...``, the devices, the REST URLs) is its
+output for people and scripts; its own log messages go to stderr in the SKA log format.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -28,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .logging_format import configure_process_logging
 
 SERVER = "OETDeviceServer"
 INSTANCE = "oet"
@@ -44,6 +50,9 @@ EXAMPLE_SCRIPTS = _REPOSITORY / "scripts"
 EXAMPLE_SBDS = _REPOSITORY / "examples" / "sbds"
 #: Placeholder in the example SBDs for the absolute path of the example scripts folder.
 SCRIPTS_PLACEHOLDER = "${OET_EXAMPLE_SCRIPTS}"
+#: Named explicitly: ``python -m ska_oso_oet.stack`` runs this module as ``__main__``.
+LOGGER = logging.getLogger("ska_oso_oet.stack")
+LOG_TAGS = "service:oet-stack"
 
 
 @dataclass
@@ -303,7 +312,8 @@ class Stack:
         self.processes.append((name, process))
 
     def stop(self) -> None:
-        for _, process in reversed(self.processes):
+        for name, process in reversed(self.processes):
+            LOGGER.info("stopping %s (pid %d)", name, process.pid)
             stop_process(process)
         self.processes.clear()
 
@@ -322,6 +332,7 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     db_process, port = start_database(data_dir, options.host, options.port, env)
     stack.add("PyDatabaseds", db_process)
     tango_host = f"{options.host}:{port}"
+    LOGGER.info("Tango database (PyDatabaseds, pid %d) at %s", db_process.pid, tango_host)
     env["TANGO_HOST"] = tango_host
     seed_sbds(sb_store(options))
     devices = load_devices(options.config, options.subarrays)
@@ -332,11 +343,13 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     server = start_device_server(data_dir, options.host, env)
     stack.add(SERVER, server)
     wait_for_devices(tango_host, list(devices), server, data_dir)
+    LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(devices))
     context = StackContext(options, tango_host, list(devices), data_dir, env)
     for service in SERVICES:
         process = service.start(context)
         if process is not None:
             stack.add(service.name, process)
+            LOGGER.info("%s (pid %d) started", service.name, process.pid)
     return context
 
 
@@ -376,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= options.subarrays <= MAX_SUBARRAYS:
         raise SystemExit(f"oet-stack: --subarrays must be between 1 and {MAX_SUBARRAYS}")
     options.data_dir = options.data_dir.resolve()
+    configure_process_logging(stream=sys.stderr, tags=LOG_TAGS)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -389,14 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop.wait(1.0):
             exited = stack.first_exited()
             if exited:
-                print(
-                    f"oet-stack: {exited[0]} exited with code {exited[1]}; stopping",
-                    file=sys.stderr,
-                )
+                LOGGER.error("%s exited with code %d; stopping", *exited)
                 return 1
         return 0
     except RuntimeError as exc:
-        print(f"oet-stack: {exc}", file=sys.stderr)
+        LOGGER.error("cannot start: %s", exc)
         return 1
     finally:
         stack.stop()

@@ -20,7 +20,7 @@ from .. import __version__
 from .client import DeviceClient, TangoDeviceClient
 from .errors import install_error_handlers
 from .hub import EventHub
-from .routes import activities, procedures, stream
+from .routes import activities, health, procedures, stream
 from .settings import RestSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def create_app(
             given = (extra_clients or {}).get(device)
             api.state.client = given or _tango_client(api.state.settings)
         clients = [app.state.client, *(api.state.client for api in mounted.values())]
+        monitor.attach(dict(zip([settings.device, *mounted], clients, strict=True)))
         started: list[DeviceClient] = []
         try:
             for device_client in clients:
@@ -67,6 +68,7 @@ def create_app(
         finally:
             for device_client in reversed(started):
                 await device_client.close()
+            monitor.close()
 
     app = _api(settings, lifespan)
     for device in settings.devices:
@@ -74,6 +76,9 @@ def create_app(
         api = _api(device_settings, None, title=f"OET REST API of {device}")
         app.mount(subarray_prefix(device), api)
         mounted[device] = api
+    paths = {settings.device: settings.base_path}
+    paths.update((device, subarray_prefix(device) + settings.base_path) for device in mounted)
+    monitor = health.install(app, settings.base_path, paths)  # /health, /metrics
     return app
 
 

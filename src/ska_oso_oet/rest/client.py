@@ -62,6 +62,11 @@ class DeviceClient(abc.ABC):
         """Called once when the app shuts down."""
         self.hub.close_all()
 
+    @property
+    def connected(self) -> bool:
+        """True once requests can reach the device (``/health`` reports it)."""
+        return True
+
     @abc.abstractmethod
     async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
         """Create a procedure; returns its summary at once (state CREATING or later)."""
@@ -188,6 +193,10 @@ class TangoDeviceClient(DeviceClient):
                 LOGGER.debug("unsubscribe at shutdown failed", exc_info=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         await super().close()
+
+    @property
+    def connected(self) -> bool:
+        return self._proxy is not None
 
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
