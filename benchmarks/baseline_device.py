@@ -7,7 +7,10 @@ device's figure is what OET adds:
 * ``Ping()``: a command that pushes one change event of ``value`` from the command itself (the
   floor of "command -> change event seen by a client");
 * ``Burst(n)``: pushes ``n`` change events of ``value`` as fast as Tango allows, from a thread of
-  its own, each an event JSON of the size OET's ``lastEvent`` carries (the floor of P6).
+  its own, each an event JSON of the size OET's ``lastEvent`` carries (the floor of P6);
+* ``BurstLikeOet(n)``: the same with OET's publication pattern per announce: change and archive
+  events of ``value`` (lastEvent) and of ``message`` (scriptMessage), to tell Tango's cost of that
+  pattern from the rest of OET's.
 
 Run by the harness as ``python benchmarks/baseline_device.py <instance>`` against the stack's
 Tango database (``TANGO_HOST`` set), registered as class ``BenchBaseline``.
@@ -48,12 +51,20 @@ class BenchBaseline(Device):
         self._value = ""
         self._seq = 0
         self._lock = threading.Lock()
+        self._message = ""
         self.set_change_event("value", True, False)
+        self.set_archive_event("value", True, False)
+        self.set_change_event("message", True, False)
+        self.set_archive_event("message", True, False)
         self.set_state(tango.DevState.ON)
 
     @attribute(dtype=str)
     def value(self) -> str:
         return self._value
+
+    @attribute(dtype=str)
+    def message(self) -> str:
+        return self._message
 
     @command
     def Noop(self) -> None:
@@ -73,13 +84,23 @@ class BenchBaseline(Device):
         """Push ``count`` change events from a thread of their own, as fast as possible."""
         threading.Thread(target=self._burst, args=(count,), daemon=True).start()
 
-    def _burst(self, count: int) -> None:
+    @command(dtype_in=int)
+    def BurstLikeOet(self, count: int) -> None:
+        """``Burst`` with OET's four pushes per announce."""
+        threading.Thread(target=self._burst, args=(count, True), daemon=True).start()
+
+    def _burst(self, count: int, like_oet: bool = False) -> None:
         with tango.EnsureOmniThread():
             for _ in range(count):
                 with self._lock:
                     self._seq += 1
                     self._value = event_text(self._seq)
                     self.push_change_event("value", self._value)
+                    if like_oet:
+                        self.push_archive_event("value", self._value)
+                        self._message = str(self._seq)
+                        self.push_change_event("message", self._message)
+                        self.push_archive_event("message", self._message)
 
 
 def main() -> None:

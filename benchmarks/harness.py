@@ -117,7 +117,8 @@ class BenchStack:
         info = tango.DbDevInfo()
         info.name, info._class, info.server = BASELINE_DEVICE, "BenchBaseline", "BenchBaseline/b"
         db.add_device(info)
-        env = {**os.environ, "TANGO_HOST": self.tango_host}
+        # the same server-side event buffer as OETDeviceServer, so that bursts compare fairly
+        env = {**os.environ, "TANGO_HOST": self.tango_host, "TANGO_DS_EVENT_BUFFER_HWM": "200000"}
         log = (self.data_dir / "baseline.log").open("wb")
         self._baseline = subprocess.Popen(
             [
@@ -131,6 +132,7 @@ class BenchStack:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            cwd=self.data_dir,
         )
         log.close()
         proxy = tango.DeviceProxy(self.trl(BASELINE_DEVICE))
@@ -148,16 +150,21 @@ class BenchStack:
     def trl(self, device: str) -> str:
         return f"tango://{self.tango_host}/{device}"
 
-    def device_server_pid(self) -> int | None:
-        """Pid of OETDeviceServer (for profiling), from the stack's process group."""
-        if self._stack is None:
-            return None
-        out = subprocess.run(
-            ["pgrep", "-g", str(self._stack.pid), "-f", "ska_oso_oet.tango.server"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        return int(out[0]) if out else None
+    def pids(self) -> dict[str, int]:
+        """Pids of the device server and the gateway (for profiling)."""
+        found = {}
+        for name, pattern in (
+            ("OETDeviceServer", "ska_oso_oet.tango.server"),
+            ("gateway", "ska_oso_oet.rest.server"),
+            ("baseline", "baseline_device.py"),
+        ):
+            out = subprocess.run(
+                ["pgrep", "-f", pattern], capture_output=True, text=True
+            ).stdout.split()
+            mine = [int(p) for p in out if _in_tree(int(p), self.data_dir)]
+            if mine:
+                found[name] = mine[0]
+        return found
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -179,6 +186,14 @@ class BenchStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _in_tree(pid: int, data_dir: Path) -> bool:
+    """True if the process runs from this stack's folder (other stacks may run meanwhile)."""
+    try:
+        return Path(f"/proc/{pid}/cwd").resolve() == data_dir.resolve()
+    except OSError:
+        return False
 
 
 class EventLog:

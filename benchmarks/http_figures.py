@@ -64,6 +64,16 @@ def _count_from(dev: OetClient, start: int, count: int) -> dict[str, Any]:
     return count_announces(_View(), count, timeout=30.0)  # type: ignore[arg-type]
 
 
+def _burst(base: Baseline, command: str, count: int) -> float:
+    """Delivered rate of one burst of the baseline device (first to last arrival)."""
+    start = base.events.mark()
+    base.proxy.command_inout(command, count)
+    if not base.events.wait_count(start + count, 120):
+        raise RuntimeError(f"baseline {command}: {base.events.mark() - start} of {count} events")
+    first, last = base.events.raw[start][0], base.events.raw[start + count - 1][0]
+    return (count - 1) / (last - first)
+
+
 def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict[str, Any]:
     tango_runs, sse_runs, scripts = [], [], []
     for _ in range(plan.announce_runs):
@@ -71,13 +81,8 @@ def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict
         tango_runs.append(tango_report)
         sse_runs.append(sse_report)
         scripts.append(plan.announce / script_time)
-    floor = []
-    for _ in range(plan.announce_runs):
-        start = base.events.mark()
-        base.proxy.Burst(plan.announce)
-        base.events.wait_count(start + plan.announce, 120)
-        first, last = base.events.raw[start][0], base.events.raw[-1][0]
-        floor.append((plan.announce - 1) / (last - first))
+    floor = [_burst(base, "Burst", plan.announce) for _ in range(plan.announce_runs)]
+    like_oet = [_burst(base, "BurstLikeOet", plan.announce) for _ in range(plan.announce_runs)]
     target = "rate >= 10,000 messages/s, zero lost, in order"
     kind = "bare Tango change-event push rate of a minimal device"
 
@@ -100,6 +105,10 @@ def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict
         tango_runs,
         client="Tango lastEvent subscriber",
         end_to_end_rate_per_s=round(statistics.median(scripts), 1),
+        baseline_oet_pattern_rate_per_s=round(statistics.median(like_oet), 1),
+        script_send_rate_per_s=round(
+            statistics.median(r["script_rate_per_s"] for r in tango_runs), 1
+        ),
     )
     sse = figure(
         sse_runs,

@@ -12,13 +12,20 @@ docs/benchmarks.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from .harness import BenchStack, OetClient
 from .http_figures import gateway, p6_events
@@ -55,7 +62,66 @@ PART_TITLES = {
 }
 
 
-def measure(plan: Plan, only: set[str], log: Callable[[str], None]) -> dict[str, Any]:
+def start_profilers(stack: BenchStack, folder: Path, key: str) -> list[subprocess.Popen]:
+    """``py-spy record`` (collapsed stacks) of the device server and the gateway during one
+    figure; ``python -m benchmarks.profile FILE`` summarises a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--threads",
+                "--output",
+                str(folder / f"{key}-{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in stack.pids().items()
+    ]
+
+
+def cpu_seconds(stack: BenchStack) -> dict[str, float]:
+    """CPU time (user + system) used so far by the stack's servers, the workers they started
+    and finished (children), and this client process: where a figure's time went."""
+    found = {"client": _cpu(psutil.Process())}
+    for name, pid in stack.pids().items():
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            found[name] = _cpu(process)
+            found[f"{name} (children)"] = sum(
+                _cpu(c) for c in process.children(recursive=True) if c.is_running()
+            )
+    return found
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def stop_profilers(profilers: list[subprocess.Popen]) -> None:
+    for process in profilers:
+        process.send_signal(signal.SIGINT)
+    for process in profilers:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def measure(
+    plan: Plan, only: set[str], log: Callable[[str], None], profile: Path | None = None
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with BenchStack() as stack:
         devices = [OetClient(stack, f"oso/oet/{n}") for n in range(1, stack.subarrays + 1)]
@@ -81,14 +147,22 @@ def measure(plan: Plan, only: set[str], log: Callable[[str], None]) -> dict[str,
                 continue
             began = time.monotonic()
             log(f"{key}: {TITLES[key]} ...")
+            profilers = start_profilers(stack, profile, key) if profile else []
+            cpu_before = cpu_seconds(stack)
             try:
                 results[key] = step()
             except Exception as exc:  # one broken figure must not lose the others
                 results[key] = {"error": f"{type(exc).__name__}: {exc}", "met": False, "n": 0}
             finally:
+                stop_profilers(profilers)
+                cpu = {
+                    name: round(seconds - cpu_before.get(name, 0.0), 2)
+                    for name, seconds in cpu_seconds(stack).items()
+                }
                 for client in devices:
                     client.stop_all()
             results[key]["seconds"] = round(time.monotonic() - began, 1)
+            results[key]["cpu_seconds"] = cpu
             log(f"{key}: {summary_line(results[key])}")
         base.close()
         for client in devices:
@@ -166,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, default=Path(__file__).resolve().parent, help="where to write"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="folder for py-spy profiles of the device server and gateway, one per figure",
+    )
     options = parser.parse_args(argv)
     only = {name.strip() for name in options.only.split(",") if name.strip()}
     unknown = only - set(FIGURES)
@@ -177,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.monotonic() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
 
-    results = measure(plan, only, log)
-    import os
+    results = measure(plan, only, log, options.profile)
 
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -22,6 +22,11 @@ from httpx_sse import connect_sse
 
 from .harness import EventLog
 
+#: Silence (seconds) after which a stream that was delivering is taken to have lost the rest.
+IDLE_SECONDS = 10.0
+#: States after which a script sends nothing more.
+FINAL_STATES = ("COMPLETE", "FAILED", "STOPPED")
+
 
 class SseReader:
     """Reads ``{url}/stream`` into ``log`` (raw JSON text per event) until closed."""
@@ -72,19 +77,27 @@ def count_announces(log: EventLog, count: int, timeout: float) -> dict[str, Any]
     arrivals: list[float] = []
     messages: list[Any] = []
     seqs: list[int] = []
+    stamps: list[float] = []  # when the script sent each message (its own clock)
     position = 0
     while len(messages) < count:
         try:
             position, arrival, data = log.wait_for(
-                lambda d: d.get("topic") == "user.script.announce",
+                lambda d: (
+                    d.get("topic") == "user.script.announce"
+                    or (bool(messages) and d.get("new_state") in FINAL_STATES)
+                ),
                 position,
-                max(0.0, deadline - time.monotonic()),
+                # once messages flow, a long silence means the rest was lost
+                min(IDLE_SECONDS if messages else 1e9, max(0.0, deadline - time.monotonic())),
             )
         except TimeoutError:
             break
+        if data.get("topic") != "user.script.announce":
+            break  # the script ended: whatever did not arrive by now was lost
         arrivals.append(arrival)
         messages.append(data.get("msg"))
         seqs.append(int(data.get("seq", 0)))
+        stamps.append(float(data.get("timestamp", 0.0)))
         position += 1
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
     return {
@@ -95,6 +108,9 @@ def count_announces(log: EventLog, count: int, timeout: float) -> dict[str, Any]
         "first": arrivals[0] if arrivals else None,
         "last": arrivals[-1] if arrivals else None,
         "rate_per_s": (len(arrivals) - 1) / span if span > 0 else 0.0,
+        "script_rate_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        if len(stamps) > 1 and stamps[-1] > stamps[0]
+        else 0.0,
     }
 
 
