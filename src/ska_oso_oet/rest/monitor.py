@@ -259,5 +259,7 @@ class Monitor:
 
     def close(self) -> None:
         for monitor in self.devices.values():
+            if monitor._pending is not None:
+                monitor._pending.cancel()
             with contextlib.suppress(Exception):
                 monitor.probe.close()
