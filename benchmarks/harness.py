@@ -298,6 +298,8 @@ class OetClient:
         self.proxy = tango.DeviceProxy(stack.trl(device))
         self.proxy.set_timeout_millis(10_000)
         self.events = EventLog()
+        self.last_sent_wall = 0.0
+        self.last_phases: dict[str, float] = {}
         self._event_id = subscribe(self.proxy, "lastEvent", self.events)
 
         def poke() -> None:
@@ -365,10 +367,38 @@ class OetClient:
         """Prepare ``script`` and wait for READY: (procedure id, seconds)."""
         start = self.events.mark()
         sent = time.perf_counter()
+        self.last_sent_wall = time.time()
         command_id = self.prepare(script, init)
         pid = self.procedure_of(command_id, start)
         arrival, _ = self.wait_state(pid, "READY", start)
+        self.last_phases = self._phases(pid, start, arrival - sent)
         return pid, arrival - sent
+
+    def _phases(self, pid: int, start: int, elapsed: float) -> dict[str, float]:
+        """Where a prepare's time went, from the engine's timestamps of each state change
+        (same machine clock): seconds from the request to each state, and from READY to the
+        client seeing it."""
+        phases: dict[str, float] = {}
+        previous = self.last_sent_wall
+        ready_at = None
+        for index in range(start, self.events.mark()):
+            data = self.events._parsed_at(index)
+            if not data or data.get("procedure_id") != pid:
+                continue
+            if data.get("topic") == "procedure.lifecycle.created":
+                stamp = data["result"]["history"]["process_states"][0][1]
+                phases["request->CREATING"] = stamp - previous
+                previous = stamp
+            elif data.get("topic") == STATECHANGE:
+                key = f"{data['previous_state']}->{data['new_state']}"
+                phases[key] = phases.get(key, 0.0) + data["timestamp"] - previous
+                previous = data["timestamp"]
+                if data["new_state"] == "READY":
+                    ready_at = data["timestamp"]
+                    break
+        if ready_at is not None:
+            phases["READY->client"] = self.last_sent_wall + elapsed - ready_at
+        return phases
 
     def stop_and_wait(self, procedure_id: int) -> float:
         start = self.events.mark()
