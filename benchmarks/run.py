@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "mode": "smoke" if options.smoke else "full",
         "seconds": round(time.monotonic() - began, 1),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3]
+        if Path("/proc/loadavg").exists()
+        else None,
     }
     options.out_dir.mkdir(parents=True, exist_ok=True)
     (options.out_dir / "results.json").write_text(
