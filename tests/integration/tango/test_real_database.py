@@ -106,7 +106,9 @@ def test_admin_mode_and_history_survive_a_server_restart(real_stack: RealStack) 
         assert pid in history  # recorded before the restart (it was READY: now finished)
         assert history[pid]["state"] in ("FAILED", "STOPPED")
     finally:
-        device.adminMode = 0
+        with EventTracer(device, "State") as tracer:
+            device.adminMode = 0  # the device applies it on its event thread, a moment later
+            tracer.wait_for(lambda v: v == tango.DevState.ON, "State")
     assert real_stack.proxy("oso/oet/2").state() == tango.DevState.ON
 
 
