@@ -124,7 +124,10 @@ def sbd_document(script_dir: Path, repo: LocalRepo) -> dict:
                     "main": {"args": [1, 2], "kwargs": {"a": "sbd", "b": "sbd"}},
                 },
             },
-            "forever": {"kind": "filesystem", "path": f"file://{script_dir / 'activity_forever.py'}"},
+            "forever": {
+                "kind": "filesystem",
+                "path": f"file://{script_dir / 'activity_forever.py'}",
+            },
             "broken": {"kind": "filesystem", "path": f"file://{script_dir / 'activity_fail.py'}"},
             "greet": {
                 "kind": "git",
