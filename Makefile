@@ -61,6 +61,9 @@ docs: install ## build the documentation into docs/_build/html
 ecosystem: install ## Taranta (tangogql), itango and dsconfig checks against the embedded stack
 	$(PY) -m pytest tests/ecosystem
 
+bench: install ## run the benchmarks on a real 16-subarray stack (a few minutes): benchmarks/results.{json,md}
+	$(PY) -m benchmarks
+
 build: ## build the container image (needs a Docker engine)
 	docker build -t ska-oso-oet:$$($(PY) -c 'import ska_oso_oet; print(ska_oso_oet.__version__)') \
 		--build-arg VCS_REF=$$(git rev-parse HEAD) .

@@ -38,6 +38,9 @@ class OetConfig:
     warm_workers: int = 2
     #: Time a stopped script has to exit after SIGTERM before its process group gets SIGKILL.
     stop_grace_seconds: float = 3.0
+    #: CPU niceness of script processes (and of the fork server): busy scripts must not
+    #: starve the device server that controls them. 0 runs them at the server's priority.
+    worker_nice: int = 5
     #: Modules the worker fork server imports once, so that scripts importing them load fast.
     preload_modules: tuple[str, ...] = ("tango", "pubsub")
     #: Folder of scheduling block definitions, one ``<sbd_id>.json`` each.
@@ -89,7 +92,7 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(Path(v) for v in items) if name == "script_roots" else tuple(items)
     if name in ("state_database", "environments_dir", "git_cache_dir", "sb_store"):
         return Path(value) if value not in (None, "") else None
-    if name in ("history_size", "warm_workers", "subarray_id"):
+    if name in ("history_size", "warm_workers", "subarray_id", "worker_nice"):
         return int(value)
     if name == "stop_grace_seconds":
         return float(value)

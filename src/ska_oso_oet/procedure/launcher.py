@@ -148,8 +148,10 @@ class WorkerLauncher:
         preload_modules: tuple[str, ...] | list[str] = ("tango", "pubsub"),
         warm_workers: int = 2,
         python: str = sys.executable,
+        nice: int = 5,
     ):
         self.python = python
+        self._nice = nice
         self._preload = tuple(preload_modules)
         self._warm_target = warm_workers
         self._lock = threading.Lock()
@@ -183,6 +185,8 @@ class WorkerLauncher:
                 str(child_end.fileno()),
                 "--preload",
                 ",".join(self._preload),
+                "--nice",
+                str(self._nice),
             ],
             pass_fds=[child_end.fileno()],
             stdin=subprocess.DEVNULL,
@@ -293,7 +297,14 @@ class WorkerLauncher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             popen = subprocess.Popen(
-                [python, str(WORKER_PATH), "--channel-fd", str(theirs.fileno())],
+                [
+                    python,
+                    str(WORKER_PATH),
+                    "--channel-fd",
+                    str(theirs.fileno()),
+                    "--nice",
+                    str(self._nice),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,

@@ -93,7 +93,7 @@ class ScriptExecutionService:
         self.events = bus or EventBus()
         self._owns_launcher = launcher is None
         self._launcher = launcher or WorkerLauncher(
-            self.config.preload_modules, self.config.warm_workers
+            self.config.preload_modules, self.config.warm_workers, nice=self.config.worker_nice
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)

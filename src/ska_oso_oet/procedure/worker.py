@@ -313,7 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zygote", action="store_true")
     parser.add_argument("--control-fd", type=int)
     parser.add_argument("--preload", default="")
+    parser.add_argument("--nice", type=int, default=0)
     options = parser.parse_args(argv)
+    if options.nice:
+        # Scripts run below the device server's priority; the fork server too, so that
+        # refilling the warm pool never competes with a command in progress.
+        os.nice(options.nice)
     if options.zygote:
         control = socket.socket(fileno=options.control_fd)
         zygote(control, [m for m in options.preload.split(",") if m])

@@ -29,10 +29,12 @@ class RestSettings(BaseSettings):
     tango_threads: int = Field(8, ge=1)
     #: Pause between attempts to reach the device while it is not reachable.
     reconnect_seconds: float = Field(2.0, gt=0)
-    #: Events kept for ``Last-Event-ID`` resumption.
-    replay_size: int = Field(2000, ge=1)
-    #: Events queued for one SSE client before it is dropped as too slow.
-    client_queue_size: int = Field(1000, ge=1)
+    #: Events kept for ``Last-Event-ID`` resumption. Large enough for a script's whole burst
+    #: (20,000 announcements take a few MB), so a client that falls behind can catch up.
+    replay_size: int = Field(50_000, ge=1)
+    #: Events queued for one SSE client before it is dropped as too slow (it may then resume
+    #: from the replay buffer with ``Last-Event-ID``).
+    client_queue_size: int = Field(50_000, ge=1)
     #: Seconds of silence after which an SSE keep-alive comment is sent.
     keepalive_seconds: float = Field(15.0, gt=0)
     #: Reconnection delay suggested to SSE clients (``retry:`` field).

@@ -71,6 +71,8 @@ class _Command:
     result: tuple[int, str] | None = None
     #: monotonic time after which a finished command leaves the v1 spectra
     expires_at: float | None = None
+    #: the command's ``lrcFinished`` entry, encoded once when it finishes (it never changes)
+    finished_info: str | None = None
 
     def info(self, uid: str, keys: tuple[str, ...]) -> str:
         data: dict[str, Any] = {"uid": uid, "name": self.name}
@@ -107,6 +109,8 @@ class LrcTracker:
         self._commands: dict[str, _Command] = {}
         self._finished_order: list[str] = []
         self.last_result: tuple[str, str] = ("", "")
+        #: v2 list values last pushed: an unchanged list is not pushed again
+        self._pushed_v2: dict[str, list[str]] = {}
 
     # ----- commands -------------------------------------------------------------------------
     def new_command(self, command_id: str, name: str) -> None:
@@ -163,8 +167,11 @@ class LrcTracker:
             if status.is_final:
                 self._prune()
                 updates.extend(self._v1_queue_updates())
+        finished = status is not None and status.is_final
+        if finished:
+            command.finished_info = command.info(command_id, _FINISHED_KEYS)
         updates.append(("_lrcEvent", [command_id, json.dumps(event)]))
-        updates.extend(self._v2_updates())
+        updates.extend(self._v2_updates(finished))
         self._publish(updates)
 
     def status_of(self, command_id: str) -> TaskStatus:
@@ -250,7 +257,7 @@ class LrcTracker:
     @property
     def lrc_finished(self) -> list[str]:
         return [
-            self._commands[cid].info(cid, _FINISHED_KEYS)
+            self._commands[cid].finished_info or self._commands[cid].info(cid, _FINISHED_KEYS)
             for cid in self._finished_order[-LRC_FINISHED_MAX_LENGTH:]
         ]
 
@@ -260,12 +267,19 @@ class LrcTracker:
             ("longRunningCommandIDsInQueue", self.ids_in_queue),
         ]
 
-    def _v2_updates(self) -> list[Update]:
-        return [
-            ("lrcQueue", self.lrc_queue),
-            ("lrcExecuting", self.lrc_executing),
-            ("lrcFinished", self.lrc_finished),
-        ]
+    def _v2_updates(self, finished_changed: bool) -> list[Update]:
+        """The v2 lists that changed. ``lrcFinished`` (up to 100 entries holding procedure
+        summaries) is only rebuilt when a command has just finished: re-sending it on every
+        status update cost milliseconds on each command's path."""
+        values = {"lrcQueue": self.lrc_queue, "lrcExecuting": self.lrc_executing}
+        if finished_changed:
+            values["lrcFinished"] = self.lrc_finished
+        updates: list[Update] = []
+        for name, value in values.items():
+            if self._pushed_v2.get(name) != value:
+                self._pushed_v2[name] = value
+                updates.append((name, value))
+        return updates
 
     def _prune(self) -> None:
         """Keep the v1 spectra and ``lrcFinished`` within their sizes: forget the oldest

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_process_logging()
     warm = _warm_workers_property(args)
     config = config_from_sources({"warm_workers": warm}, os.environ)
-    launcher = WorkerLauncher(config.preload_modules, config.warm_workers)
+    launcher = WorkerLauncher(config.preload_modules, config.warm_workers, nice=config.worker_nice)
     runtime.install_launcher(launcher)
     try:
         tango.server.run((OETDevice,), args=args)
