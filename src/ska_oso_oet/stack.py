@@ -324,27 +324,36 @@ class Stack:
         return None
 
 
-def start(options: argparse.Namespace, stack: Stack) -> StackContext:
-    """Start database, device server and services; fill ``stack`` as processes start."""
-    data_dir: Path = options.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    db_process, port = start_database(data_dir, options.host, options.port, env)
+def start_registered_database(
+    options: argparse.Namespace, stack: Stack, env: dict[str, str]
+) -> tuple[str, list[str]]:
+    """Start the Tango database and register the devices of ``options`` in it (no server
+    yet). Sets ``env["TANGO_HOST"]``; returns it and the device names."""
+    db_process, port = start_database(options.data_dir, options.host, options.port, env)
     stack.add("PyDatabaseds", db_process)
     tango_host = f"{options.host}:{port}"
     LOGGER.info("Tango database (PyDatabaseds, pid %d) at %s", db_process.pid, tango_host)
     env["TANGO_HOST"] = tango_host
-    seed_sbds(sb_store(options))
     devices = load_devices(options.config, options.subarrays)
     register_devices(
         tango_host,
         {name: device_properties(props, name, options) for name, props in devices.items()},
     )
+    return tango_host, list(devices)
+
+
+def start(options: argparse.Namespace, stack: Stack) -> StackContext:
+    """Start database, device server and services; fill ``stack`` as processes start."""
+    data_dir: Path = options.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    seed_sbds(sb_store(options))
+    tango_host, devices = start_registered_database(options, stack, env)
     server = start_device_server(data_dir, options.host, env)
     stack.add(SERVER, server)
-    wait_for_devices(tango_host, list(devices), server, data_dir)
+    wait_for_devices(tango_host, devices, server, data_dir)
     LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(devices))
-    context = StackContext(options, tango_host, list(devices), data_dir, env)
+    context = StackContext(options, tango_host, devices, data_dir, env)
     for service in SERVICES:
         process = service.start(context)
         if process is not None:

@@ -67,14 +67,7 @@ def oet_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcosystemSta
     processes = stack.Stack()
     env = {**os.environ, "OET_WARM_WORKERS": "1"}
     try:
-        db, port = stack.start_database(data_dir, options.host, 0, env)
-        processes.add("PyDatabaseds", db)
-        tango_host = f"{options.host}:{port}"
-        env["TANGO_HOST"] = tango_host
-        devices = stack.load_devices(options.config, 1)
-        stack.register_devices(
-            tango_host, {n: stack.device_properties(p, n, options) for n, p in devices.items()}
-        )
+        tango_host, _ = stack.start_registered_database(options, processes, env)
         server = stack.start_device_server(data_dir, options.host, env)
         processes.add(stack.SERVER, server)
         stack.wait_for_devices(tango_host, [DEVICE], server, data_dir)

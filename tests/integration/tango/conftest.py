@@ -87,14 +87,7 @@ def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     processes = stack.Stack()
     env = {**os.environ, "OET_WARM_WORKERS": "1"}
     try:
-        db, port = stack.start_database(data_dir, options.host, 0, env)
-        processes.add("PyDatabaseds", db)
-        tango_host = f"{options.host}:{port}"
-        env["TANGO_HOST"] = tango_host
-        devices = stack.load_devices(options.config, len(DEVICES))
-        stack.register_devices(
-            tango_host, {n: stack.device_properties(p, n, options) for n, p in devices.items()}
-        )
+        tango_host, _ = stack.start_registered_database(options, processes, env)
         real = RealStack(tango_host, data_dir, script_dir, options, env, processes)
         real.start_server()
         yield real
