@@ -12,7 +12,7 @@ def main():
         [
             sys.executable,
             "-c",
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+            "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.pause()",
         ]
     )
     pub.sendMessage(

@@ -407,9 +407,10 @@ class ScriptExecutionService:
                 new_state=str(state),
                 previous_state=str(previous),
             )
+            summary = run.procedure.summary()
             if state in _LIFECYCLE_TOPICS:
-                self._publish(_LIFECYCLE_TOPICS[state], run.id, result=run.procedure.summary())
-            self._persist(run)
+                self._publish(_LIFECYCLE_TOPICS[state], run.id, result=summary)
+            self._persist(run, summary)
             if state.is_final:
                 self._evict()
             self._changed.notify_all()
@@ -422,9 +423,9 @@ class ScriptExecutionService:
             topic, self.config.name, {"procedure_id": procedure_id, **payload}, timestamp
         )
 
-    def _persist(self, run: _Run) -> None:
+    def _persist(self, run: _Run, summary: dict[str, Any] | None = None) -> None:
         self._store.save(
-            run.procedure.summary(),
+            summary or run.procedure.summary(),
             pid=run.worker.pid if run.worker else None,
             pid_started=run.worker_started,
         )

@@ -356,10 +356,10 @@ class TestFileLock:
 
     def test_lock_of_a_dead_process_is_released(self, tmp_path):
         code = (
-            "import sys, time\n"
+            "import signal, sys\n"
             "from ska_oso_oet.procedure.filelock import FileLock\n"
             "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
-            "time.sleep(60)\n"
+            "signal.pause()\n"
         )
         path = tmp_path / "x.lock"
         proc = subprocess.Popen(
