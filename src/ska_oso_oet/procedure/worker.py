@@ -51,7 +51,9 @@ _pubsub_listener: Any = None
 
 
 def _render(obj: Any) -> Any:
-    """Readable, non-reversible form of what JSON cannot hold."""
+    """Readable, non-reversible form of what JSON cannot hold. Kept in step with
+    ``ska_oso_oet.events._render_unjsonable``: this module cannot import the package, since it
+    also runs under a script's own virtualenv."""
     if isinstance(obj, set | frozenset):
         return sorted(obj, key=repr)
     if isinstance(obj, bytes):
