@@ -224,12 +224,12 @@ class SkaDevice(Device):
 
     # ----- long-running commands ------------------------------------------------------------
     def _publish_updates(self, updates: list[tuple[str, Any]]) -> None:
+        # Every value is stored before the first push: a v1 client that reads lrcFinished as
+        # soon as it sees the final status must find the command there.
         for name, value in updates:
-            if name == "_lrcEvent":
-                self.push(name, value, archive=False)
-            else:
-                self._lrc_values[name] = value
-                self.push(name, value)
+            self._lrc_values[name] = value
+        for name, value in updates:
+            self.push(name, value, archive=name != "_lrcEvent")
 
     def lrc_started(self, command_id: str) -> None:
         """Record (on the event thread) a command that began executing at once."""

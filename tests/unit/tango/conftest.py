@@ -109,10 +109,10 @@ def device(module_proxy: tango.DeviceProxy) -> Iterator[tango.DeviceProxy]:
     if module_proxy.adminMode != 0:
         module_proxy.adminMode = 0
     yield module_proxy
-    if module_proxy.runningProcedureId:
-        module_proxy.adminMode = 0
-        with contextlib.suppress(tango.DevFailed):  # it may have finished meanwhile
-            LrcClient(module_proxy).invoke("Stop", "{}")
+    # Not guarded by runningProcedureId: that attribute may lag a script started just now.
+    module_proxy.adminMode = 0
+    with contextlib.suppress(tango.DevFailed):  # OET_NOT_FOUND when nothing runs
+        LrcClient(module_proxy).invoke("Stop", "{}")
 
 
 def body(script_dir: Path, name: str, **init_kwargs: object) -> str:

@@ -28,9 +28,9 @@ def reason_of(excinfo: pytest.ExceptionInfo) -> str:
     return excinfo.value.args[0].reason
 
 
-def stop_running(device: tango.DeviceProxy) -> None:
-    if device.runningProcedureId:
-        LrcClient(device).invoke("Stop", json.dumps({"run_abort": False}))
+def stop(device: tango.DeviceProxy, procedure_id: int) -> None:
+    """Stop by id: ``runningProcedureId`` may not show a just-started script yet."""
+    LrcClient(device).invoke("Stop", json.dumps({"procedure_id": procedure_id, "run_abort": False}))
 
 
 class TestIdentity:
@@ -278,7 +278,7 @@ class TestRefusals:
             assert reason_of(excinfo) == "OET_STATE_CONFLICT"
             assert "already running" in excinfo.value.args[0].desc
         finally:
-            stop_running(device)
+            stop(device, first)
         assert device.healthState == 0
 
     def test_offline_device_refuses_commands(
