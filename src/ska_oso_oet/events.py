@@ -1,6 +1,6 @@
 """Event envelope, topic names and in-process publish/subscribe (DESIGN §7).
 
-Every event is plain JSON on the wire: ``{"topic", "msg_src", "timestamp", "seq", ...payload}``.
+Every event is plain JSON on the wire: ``{"seq", "topic", "msg_src", "timestamp", ...payload}``.
 The sequence number increases by one per event of a bus and starts from the bus's creation time
 in microseconds, so numbers keep increasing across a restart of the process that owns the bus
 (SSE ``Last-Event-ID`` relies on that).
@@ -58,13 +58,15 @@ class Event:
     payload: Mapping[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.payload,
+        # seq first: the gateway reads it from the start of the text without decoding the rest
+        data = {
+            "seq": self.seq,
             "topic": self.topic,
             "msg_src": self.msg_src,
             "timestamp": self.timestamp,
-            "seq": self.seq,
         }
+        data.update((k, v) for k, v in self.payload.items() if k not in data)
+        return data
 
     def to_json(self) -> str:
         return dumps(self.to_dict())

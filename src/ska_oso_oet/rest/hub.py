@@ -3,7 +3,9 @@
 One Tango subscription feeds :class:`EventHub`; every HTTP client gets its own bounded queue
 (:class:`HubSubscription`). All bookkeeping runs on the event loop thread, so publishing,
 subscribing and replaying need no locks and a subscriber sees a contiguous run of events:
-replay first, then live events, never a duplicate or a hole. Delivery to one client never waits
+replay first, then live events, never a duplicate or a hole. Events from the Tango thread are
+handed over in batches (one loop wake-up for whatever arrived meanwhile) and consumers take
+everything queued at once, so a burst costs a few wake-ups and writes rather than one per event. Delivery to one client never waits
 for another: a client whose queue is full is dropped (its stream ends) and can resume with
 ``Last-Event-ID`` from the bounded replay buffer.
 """
@@ -14,21 +16,52 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 LOGGER = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class HubEvent:
-    """One device event: its sequence number, its decoded JSON and the JSON text as received."""
+#: The device writes ``seq`` first (:meth:`ska_oso_oet.events.Event.to_dict`), so the hub reads
+#: it from the text's start and decodes the rest only when somebody looks at it.
+_SEQ_AT_START = re.compile(r'\{"seq":(\d+)[,}]')
 
-    seq: int
-    data: dict[str, Any]
-    raw: str
+
+class HubEvent:
+    """One device event: its sequence number and its JSON text as received (``data``, the
+    decoded object, is computed on first use)."""
+
+    __slots__ = ("_data", "raw", "seq")
+
+    def __init__(self, seq: int, raw: str, data: dict[str, Any] | None = None):
+        self.seq = seq
+        self.raw = raw
+        self._data = data
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            try:
+                decoded = json.loads(self.raw)
+            except ValueError:
+                decoded = None
+            self._data = decoded if isinstance(decoded, dict) else {}
+        return self._data
+
+    @classmethod
+    def parse(cls, raw: str) -> HubEvent | None:
+        """The event in ``raw``, or None when it is not a JSON object with an integer seq."""
+        match = _SEQ_AT_START.match(raw)
+        if match:
+            return cls(int(match.group(1)), raw)
+        try:
+            data = json.loads(raw)
+            return cls(int(data["seq"]), raw, data) if isinstance(data, dict) else None
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 class HubSubscription:
@@ -57,15 +90,27 @@ class HubSubscription:
 
     async def next(self, timeout: float | None = None) -> HubEvent | None:
         """The next event; None on timeout or once the subscription is closed and drained."""
+        return self._items.popleft() if await self._wait(timeout) else None
+
+    async def next_batch(self, timeout: float | None = None) -> list[HubEvent]:
+        """Every queued event, waiting for one if none is; empty on timeout or once the
+        subscription is closed and drained."""
+        if not await self._wait(timeout):
+            return []
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+    async def _wait(self, timeout: float | None) -> bool:
         while not self._items:
             if self.closed:
-                return None
+                return False
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
-                return None
-        return self._items.popleft()
+                return False
+        return True
 
     def close(self) -> None:
         self._hub._remove(self)
@@ -85,6 +130,10 @@ class EventHub:
         self._queue_size = queue_size
         self._subscriptions: list[HubSubscription] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._observers: list[Callable[[Sequence[HubEvent]], None]] = []
+        #: values fed from other threads, not yet published (guarded by ``_inbox_lock``)
+        self._inbox: list[str] = []
+        self._inbox_lock = threading.Lock()
         self.last_seq = 0
         #: True once :meth:`close_all` ran (shutdown): new subscriptions start closed.
         self.closed = False
@@ -94,34 +143,56 @@ class EventHub:
         self._loop = loop
 
     def feed_threadsafe(self, raw: str) -> None:
-        """Hand over one event's JSON from a foreign thread (e.g. a Tango event callback)."""
+        """Hand over one event's JSON from a foreign thread (e.g. a Tango event callback).
+
+        Only the first value of a batch wakes the loop; later ones join the waiting batch.
+        """
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        with self._inbox_lock:
+            self._inbox.append(raw)
+            if len(self._inbox) > 1:
+                return  # a drain is already scheduled
         # RuntimeError: the loop closed between the check and the call (shutting down)
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self.publish_raw, raw)
+            loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            batch, self._inbox = self._inbox, []
+        self._publish(batch)
+
+    def add_observer(self, observer: Callable[[Sequence[HubEvent]], None]) -> None:
+        """Call ``observer`` (loop thread) with every batch of newly published events."""
+        self._observers.append(observer)
 
     def publish_raw(self, raw: str) -> HubEvent | None:
-        """Decode and publish one event (loop thread). Repeats and undecodable values are
-        ignored: Tango re-sends the current value on every (re)subscription."""
-        if not raw:
-            return None
-        try:
-            data = json.loads(raw)
-            seq = int(data["seq"])
-        except (ValueError, TypeError, KeyError):
-            LOGGER.warning("ignoring an event without JSON or seq: %.200s", raw)
-            return None
-        if not isinstance(data, dict) or seq <= self.last_seq:
-            LOGGER.debug("ignoring event %s (already at %s)", seq, self.last_seq)
-            return None
-        event = HubEvent(seq, data, raw)
-        self.last_seq = seq
-        self._replay.append(event)
-        for subscription in tuple(self._subscriptions):
-            subscription._offer(event)
-        return event
+        """Publish one event (loop thread); returns it, or None when it was ignored."""
+        published = self._publish([raw])
+        return published[0] if published else None
+
+    def _publish(self, values: list[str]) -> list[HubEvent]:
+        """Publish events in order. Repeats and undecodable values are ignored: Tango re-sends
+        the current value on every (re)subscription."""
+        published = []
+        for raw in values:
+            event = HubEvent.parse(raw) if raw else None
+            if event is None:
+                LOGGER.warning("ignoring an event without JSON or seq: %.200s", raw)
+                continue
+            if event.seq <= self.last_seq:
+                LOGGER.debug("ignoring event %s (already at %s)", event.seq, self.last_seq)
+                continue
+            self.last_seq = event.seq
+            self._replay.append(event)
+            for subscription in tuple(self._subscriptions):
+                subscription._offer(event)
+            published.append(event)
+        if published:
+            for observer in self._observers:
+                observer(published)
+        return published
 
     def subscribe(
         self,

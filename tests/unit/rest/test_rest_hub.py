@@ -104,3 +104,48 @@ def test_filtered_subscription_and_close():
         hub.close_all()
 
     asyncio.run(scenario())
+
+
+def test_a_burst_fed_from_another_thread_is_published_in_few_batches():
+    async def scenario():
+        hub = EventHub(queue_size=5000)
+        hub.bind(asyncio.get_running_loop())
+        sub = hub.subscribe()
+        drains = 0
+        drain_inbox = hub._drain_inbox
+
+        def counting_drain() -> None:
+            nonlocal drains
+            drains += 1
+            drain_inbox()
+
+        hub._drain_inbox = counting_drain
+        feeder = threading.Thread(
+            target=lambda: [hub.feed_threadsafe(raw(s)) for s in range(1, 3001)]
+        )
+        feeder.start()
+        seqs: list[int] = []
+        while len(seqs) < 3000:
+            batch = await sub.next_batch(timeout=5)
+            assert batch, f"stalled after {len(seqs)} events"
+            seqs.extend(event.seq for event in batch)
+        feeder.join()
+        assert seqs == list(range(1, 3001))
+        assert drains < 3000  # values that arrive while a drain is pending join it
+        assert await sub.next_batch(timeout=0.01) == []
+
+    asyncio.run(scenario())
+
+
+def test_seq_is_read_from_the_device_text_and_the_rest_decoded_on_demand():
+    from ska_oso_oet.events import Event
+    from ska_oso_oet.rest.hub import HubEvent
+
+    device_text = Event("user.script.announce", "oso/oet/1", 1.5, 42, {"msg": {"seq": 7}}).to_json()
+    event = HubEvent.parse(device_text)
+    assert event is not None and event.seq == 42 and event._data is None
+    assert event.data["msg"] == {"seq": 7} and event.data["topic"] == "user.script.announce"
+    other_order = HubEvent.parse('{"topic": "t", "seq": 3}')
+    assert other_order is not None and other_order.seq == 3
+    for invalid in ('{"seq": null}', '{"topic": "t"}', "[1]", "not json"):
+        assert HubEvent.parse(invalid) is None, invalid
