@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import tango
-from tango import AttrWriteType, DevState
+from tango import AttrWriteType, DevState, EventType
 from tango.server import Device, attribute, command, device_property
 
 from .. import __version__
@@ -192,11 +192,17 @@ class SkaDevice(Device):
         self._events.submit(fn, *args)
 
     def push(self, name: str, value: Any, archive: bool = True) -> None:
-        """Push change (and archive) events for ``name``; event thread only."""
+        """Push change (and archive) events for ``name``; event thread only.
+
+        Tango drops an event nobody subscribed to anyway; asking first costs a tenth of a push
+        and spares the event thread most of a burst's work (the archive events of lastEvent,
+        say, when no archiver listens).
+        """
         if self._closing:
             return
-        self.push_change_event(name, value)
-        if archive:
+        if self.is_there_subscriber(name, EventType.CHANGE_EVENT):
+            self.push_change_event(name, value)
+        if archive and self.is_there_subscriber(name, EventType.ARCHIVE_EVENT):
             self.push_archive_event(name, value)
 
     def _tick(self) -> None:
