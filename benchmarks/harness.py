@@ -204,7 +204,7 @@ class EventLog:
         self._decode = decode
         self._changed = threading.Condition()
         self.raw: list[tuple[float, Any]] = []
-        self._parsed: list[Any] = []
+        self._parsed: dict[int, Any] = {}
         self.errors: list[str] = []
 
     def __call__(self, event: tango.EventData) -> None:
@@ -227,28 +227,41 @@ class EventLog:
         with self._changed:
             return len(self.raw)
 
+    def entry(self, index: int) -> tuple[float, Any]:
+        """(arrival time, decoded value or None) of event ``index``."""
+        with self._changed:
+            return self.raw[index][0], self._parsed_at(index)
+
     def _parsed_at(self, index: int) -> Any:
-        while len(self._parsed) <= index:
-            value = self.raw[len(self._parsed)][1]
+        if index not in self._parsed:
+            value = self.raw[index][1]
             try:
-                self._parsed.append(self._decode(value) if value else None)
+                self._parsed[index] = self._decode(value) if value else None
             except ValueError:
-                self._parsed.append(None)
+                self._parsed[index] = None
         return self._parsed[index]
 
     def wait_for(
-        self, predicate: Callable[[Any], bool], start: int, timeout: float = 30.0
+        self,
+        predicate: Callable[[Any], bool],
+        start: int,
+        timeout: float = 30.0,
+        hint: str | None = None,
     ) -> tuple[int, float, Any]:
         """(index, arrival time, decoded value) of the first event from ``start`` on that
-        matches ``predicate``; raises TimeoutError."""
+        matches ``predicate``; raises TimeoutError. With ``hint``, only values containing that
+        text are decoded and tested: waiting for one event among a flood then costs the
+        client next to nothing, so it does not slow the reception being measured."""
         position = start
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 while position < len(self.raw):
-                    data = self._parsed_at(position)
-                    if data is not None and predicate(data):
-                        return position, self.raw[position][0], data
+                    value = self.raw[position][1]
+                    if hint is None or (isinstance(value, str) and hint in value):
+                        data = self._parsed_at(position)
+                        if data is not None and predicate(data):
+                            return position, self.raw[position][0], data
                     position += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -288,6 +301,9 @@ def warm_up(proxy: tango.DeviceProxy, attribute: str, poke: Callable[[], None]) 
 
 
 STATECHANGE = "procedure.lifecycle.statechange"
+PROCEDURE_CREATED = "procedure.lifecycle.created"
+#: text that every statechange event (and no announce) contains: the hint of state waits
+NEW_STATE = '"new_state"'
 
 
 class OetClient:
@@ -336,11 +352,12 @@ class OetClient:
         """The id of the procedure a Prepare created (from its ``created`` event)."""
         _, _, data = self.events.wait_for(
             lambda d: (
-                d.get("topic") == "procedure.lifecycle.created"
+                d.get("topic") == PROCEDURE_CREATED
                 and (d.get("result") or {}).get("command_id") == command_id
             ),
             start,
             timeout,
+            hint=PROCEDURE_CREATED,
         )
         return int(data["procedure_id"])
 
@@ -358,7 +375,7 @@ class OetClient:
                 and (d.get("new_state") in wanted or d.get("new_state") == "FAILED")
             )
 
-        _, arrival, data = self.events.wait_for(match, start, timeout)
+        _, arrival, data = self.events.wait_for(match, start, timeout, hint=NEW_STATE)
         if data["new_state"] not in wanted:
             raise RuntimeError(f"{self.name}: procedure {procedure_id} FAILED (wanted {wanted})")
         return arrival, data["new_state"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from .harness import HERE, OetClient, script_uri
+from .harness import HERE, NEW_STATE, OetClient, script_uri
 from .sse import SseReader, count_announces
 from .stats import combine, latency, rate
 from .tango_figures import Baseline, Plan
@@ -56,12 +56,7 @@ def _announce_run(dev: OetClient, rest_url: str, count: int) -> tuple[dict, dict
 def _count_from(dev: OetClient, start: int, count: int) -> dict[str, Any]:
     """The announce events of the Tango subscription from ``start`` on (it already holds them
     all: the COMPLETE event, which comes after them, has arrived)."""
-
-    class _View:
-        def wait_for(self, predicate, position, timeout):  # type: ignore[no-untyped-def]
-            return dev.events.wait_for(predicate, max(position, start), timeout)
-
-    return count_announces(_View(), count, timeout=30.0)  # type: ignore[arg-type]
+    return count_announces(dev.events, count, timeout=30.0, start=start)
 
 
 def _burst(base: Baseline, command: str, count: int) -> float:
@@ -188,6 +183,7 @@ def gateway(dev: OetClient, rest_url: str, plan: Plan, p1_samples_ms: float) -> 
                         and d.get("new_state") in ("READY", "FAILED")
                     ),
                     start,
+                    hint=NEW_STATE,
                 )
                 posts.append(arrival - sent)
                 dev.stop_and_wait(pid)

@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from .harness import EventLog
+from .harness import NEW_STATE, EventLog
 
 #: Silence (seconds) after which a stream that was delivering is taken to have lost the rest.
 IDLE_SECONDS = 10.0
+ANNOUNCE = "user.script.announce"
 #: States after which a script sends nothing more.
 FINAL_STATES = ("COMPLETE", "FAILED", "STOPPED")
 
@@ -71,34 +72,51 @@ class SseReader:
         self._client.close()
 
 
-def count_announces(log: EventLog, count: int, timeout: float) -> dict[str, Any]:
-    """Wait for ``count`` announce events and describe their delivery."""
+def count_announces(log: EventLog, count: int, timeout: float, start: int = 0) -> dict[str, Any]:
+    """Wait for the ``count`` announce events from ``start`` on and describe their delivery.
+
+    While messages flow only the statechange events are decoded (the script's final state
+    arrives after all its announces), so the waiting does not slow the reception it measures;
+    the announces are decoded afterwards. A long silence before the end means the rest was lost.
+    """
     deadline = time.monotonic() + timeout
+    try:
+        first, _, _ = log.wait_for(
+            lambda d: d.get("topic") == ANNOUNCE, start, timeout, hint=f'"{ANNOUNCE}"'
+        )
+    except TimeoutError:
+        return _report([], [], [], [], count)
+    end, seen = None, log.mark()
+    while end is None and time.monotonic() < deadline:
+        try:
+            end, _, _ = log.wait_for(
+                lambda d: d.get("new_state") in FINAL_STATES,
+                first,
+                min(IDLE_SECONDS, max(0.0, deadline - time.monotonic())),
+                hint=NEW_STATE,
+            )
+        except TimeoutError:
+            if log.mark() == seen:
+                break  # silence: whatever did not arrive by now was lost
+            seen = log.mark()
     arrivals: list[float] = []
     messages: list[Any] = []
     seqs: list[int] = []
     stamps: list[float] = []  # when the script sent each message (its own clock)
-    position = 0
-    while len(messages) < count:
-        try:
-            position, arrival, data = log.wait_for(
-                lambda d: (
-                    d.get("topic") == "user.script.announce"
-                    or (bool(messages) and d.get("new_state") in FINAL_STATES)
-                ),
-                position,
-                # once messages flow, a long silence means the rest was lost
-                min(IDLE_SECONDS if messages else 1e9, max(0.0, deadline - time.monotonic())),
-            )
-        except TimeoutError:
-            break
-        if data.get("topic") != "user.script.announce":
-            break  # the script ended: whatever did not arrive by now was lost
+    for index in range(first, end if end is not None else log.mark()):
+        arrival, data = log.entry(index)
+        if not data or data.get("topic") != ANNOUNCE or len(messages) == count:
+            continue
         arrivals.append(arrival)
         messages.append(data.get("msg"))
         seqs.append(int(data.get("seq", 0)))
         stamps.append(float(data.get("timestamp", 0.0)))
-        position += 1
+    return _report(arrivals, messages, seqs, stamps, count)
+
+
+def _report(
+    arrivals: list[float], messages: list[Any], seqs: list[int], stamps: list[float], count: int
+) -> dict[str, Any]:
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
     return {
         "received": len(messages),
