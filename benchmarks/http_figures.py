@@ -109,6 +109,7 @@ def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict
         sse_runs,
         client="SSE client (separate process)",
         reconnects=sum(r.get("reconnects", 0) for r in sse_runs),
+        client_cpu_seconds=round(sum(r.get("cpu_seconds", 0.0) for r in sse_runs), 2),
     )
     return combine(main, {"sse": sse})
 

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     print("ready", flush=True)
     report = count_announces(reader.log, int(count), timeout=120.0)
     report["reconnects"] = reader.reconnects
+    report["cpu_seconds"] = round(time.process_time(), 2)
     reader.close()
     print(json.dumps(report), flush=True)
 

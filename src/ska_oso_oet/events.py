@@ -44,9 +44,13 @@ def _render_unjsonable(obj: Any) -> Any:
     return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False, keys=True))
 
 
+#: Built once: ``json.dumps`` with any option builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(default=_render_unjsonable, separators=(",", ":"))
+
+
 def dumps(data: Any) -> str:
     """The one JSON encoder shared by engine, device, gateway and CLI."""
-    return json.dumps(data, default=_render_unjsonable, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 @dataclass(frozen=True)
