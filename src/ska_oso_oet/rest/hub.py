@@ -3,11 +3,13 @@
 One Tango subscription feeds :class:`EventHub`; every HTTP client gets its own bounded queue
 (:class:`HubSubscription`). All bookkeeping runs on the event loop thread, so publishing,
 subscribing and replaying need no locks and a subscriber sees a contiguous run of events:
-replay first, then live events, never a duplicate or a hole. Events from the Tango thread are
-handed over in batches (one loop wake-up for whatever arrived meanwhile) and consumers take
-everything queued at once, so a burst costs a few wake-ups and writes rather than one per event. Delivery to one client never waits
+replay first, then live events, never a duplicate or a hole. Delivery to one client never waits
 for another: a client whose queue is full is dropped (its stream ends) and can resume with
 ``Last-Event-ID`` from the bounded replay buffer.
+
+Events from the Tango thread are handed over in batches (one loop wake-up for whatever arrived
+meanwhile) and consumers take everything queued at once, so a burst costs a few wake-ups and
+writes rather than one of each per event.
 """
 
 from __future__ import annotations
