@@ -4,6 +4,7 @@ their lifecycle through the engine's events."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -26,6 +27,8 @@ from .domain import (
     with_create_env,
 )
 from .sbd_store import DirectorySbdStore, SbdStore
+
+LOGGER = logging.getLogger(__name__)
 
 
 class ActivityNotFound(ProcedureNotFound):
@@ -201,12 +204,26 @@ class ActivityService:
         return path
 
     def _evict(self) -> None:
+        """Forget the oldest finished activities beyond the history window, with their SB
+        instance files (no request can refer to them any more)."""
         finished = [a.id for a in self._activities.values() if a.state.is_final]
         excess = finished[: max(0, len(finished) - self._history_size)]
         for activity_id in excess:
-            del self._activities[activity_id]
+            self._remove_instance(self._activities.pop(activity_id))
         if excess:
             self._store.delete(excess)
+
+    def _remove_instance(self, activity: Activity) -> None:
+        main = activity.script_args.get("main")
+        sb_json = main.kwargs.get("sb_json") if main else None
+        if not isinstance(sb_json, str):
+            return
+        path = Path(sb_json)
+        if path.parent.resolve() == self._instances.resolve():  # only files this service wrote
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                LOGGER.warning("cannot remove SB instance file %s: %s", path, exc)
 
     def _recover(self) -> None:
         for summary in self._store.load():

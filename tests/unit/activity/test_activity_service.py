@@ -218,3 +218,18 @@ def test_activity_history_survives_a_restart(make_service):
         assert again.sbds.ids() == ["sbd-t0001-20261121-00001"]
     finally:
         again.close()
+
+
+def test_sb_instance_files_leave_with_their_activities(make_service, tmp_path):
+    service = make_service(history_size=2)
+    activities = ActivityService(service)
+    activities.sbds.add(sbd_document())
+    try:
+        done = [wait_activity(service, activities, run(activities)) for _ in range(4)]
+        files = [d["script_args"]["main"]["kwargs"]["sb_json"] for d in done]
+        remaining = sorted(p.name for p in (tmp_path / "sbds" / "instances").iterdir())
+        assert remaining == sorted(f.rsplit("/", 1)[1] for f in files[2:])
+        with pytest.raises(ActivityNotFound):
+            activities.get(done[0]["id"])
+    finally:
+        activities.close()
