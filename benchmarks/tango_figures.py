@@ -9,8 +9,6 @@ the device server's warm pool refill, as it would between real observing command
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from typing import Any
 
 import tango
 
+from .engine import cold_interpreter
 from .harness import (
     BASELINE_DEVICE,
     SCRIPTS,
@@ -87,17 +86,6 @@ class Baseline:
         self.proxy.unsubscribe_event(self._id)
 
 
-def _cold_interpreter(path: Path) -> float:
-    """A new interpreter loading the script and calling init: prepare without a warm pool."""
-    code = (
-        "import importlib.util,sys;s=importlib.util.spec_from_file_location('s',sys.argv[1]);"
-        "m=importlib.util.module_from_spec(s);s.loader.exec_module(m);m.init()"
-    )
-    sent = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
-    return time.perf_counter() - sent
-
-
 def p1_prepare_ready(dev: OetClient, plan: Plan) -> dict[str, Any]:
     script = script_uri("imports_tango.py")
     pid, _ = dev.prepare_ready(script)  # untimed: first use of the path
@@ -111,7 +99,7 @@ def p1_prepare_ready(dev: OetClient, plan: Plan) -> dict[str, Any]:
         for name, seconds in dev.last_phases.items():
             phases.setdefault(name, []).append(seconds)
         dev.stop_and_wait(pid)
-    cold = [_cold_interpreter(SCRIPTS / "imports_tango.py") for _ in range(plan.cold)]
+    cold = [cold_interpreter(SCRIPTS / "imports_tango.py") for _ in range(plan.cold)]
     return latency(
         samples,
         baseline=cold,
