@@ -215,7 +215,7 @@ class ActivityService:
 
     def _remove_instance(self, activity: Activity) -> None:
         main = activity.script_args.get("main")
-        sb_json = main.kwargs.get("sb_json") if main else None
+        sb_json = _instance_kwargs(main).get("sb_json") if main else None
         if not isinstance(sb_json, str):
             return
         path = Path(sb_json)
