@@ -448,8 +448,8 @@ class OETDevice(ActivityCommands, SkaDevice):
 
     @attribute(
         dtype=str,
-        doc='The latest engine or script event as JSON {"topic", "msg_src", "timestamp", '
-        '"seq", ...}; subscribe to change events to receive every event, in order.',
+        doc='The latest engine or script event as JSON {"seq", "topic", "msg_src", '
+        '"timestamp", ...}; subscribe to change events to receive every event, in order.',
     )
     def lastEvent(self) -> str:
         return self._last_event
