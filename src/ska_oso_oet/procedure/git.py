@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from git.cmd import Git
 from git.exc import GitCommandError, GitCommandNotFound
@@ -94,40 +95,154 @@ class GitTimeout(GitError):
 
 # --------------------------------------------------------------------------------------------
 # Repository URLs
+#
+# The allow-list is only as good as the comparison: a URL is parsed, brought to one canonical
+# form and refused outright when it holds anything whose meaning differs between this check
+# and git/curl (dot segments, double encoding, user-info, queries). The canonical form is what
+# git is then given, so what was checked is exactly what is fetched.
+
+#: Schemes git may be given (``ext::``, ``fd::`` and other transports are refused).
+_SCHEMES = {"https", "http", "ssh", "git", "file"}
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
+#: scp-like ``user@host:path`` (git's ssh shorthand); the path must not start with ``/``-less
+#: oddities such as ``//`` that git could read differently.
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>.*)$")
+_SSH_USER = re.compile(r"^[A-Za-z0-9._-]+$")
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+#: Characters left unescaped in a canonical URL path (RFC 3986 pchar minus ``%``).
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+#: How much of a refused value error messages quote.
+_QUOTE_PREFIX = 120
+
+
+def _shown(value: str) -> str:
+    """``value`` for an error message: quoted, and cut to a short prefix."""
+    short = value if len(value) <= _QUOTE_PREFIX else value[:_QUOTE_PREFIX] + "..."
+    return repr(short)
 
 
 def normalise_repo_url(repo: str) -> str:
-    """The canonical form of a repository location, used for the allow-list and cache keys.
+    """The canonical form of a repository location, used for the allow-list, the cache keys
+    and as the URL git is given.
 
-    Absolute paths become ``file://`` URLs, ``file://`` paths are normalised (so ``..`` cannot
-    sneak out of an allowed folder), and trailing slashes go. Relative paths and values that
-    git could read as options are refused.
+    * absolute paths become ``file://`` URLs; relative paths are refused;
+    * scheme and host are lower-cased, a default port is dropped, percent-encoding is decoded
+      once and re-applied canonically, empty and ``.`` path segments go, as do trailing
+      slashes;
+    * refused: ``..`` segments (raw or percent-encoded), double encoding, user-info other than
+      a plain ssh user name, queries and fragments, control characters and whitespace,
+      schemes other than https, http, ssh, git and file, and values git could read as options.
     """
     value = (repo or "").strip()
     if not value:
         raise InvalidRequest("git_repo must not be empty")
-    if value.startswith("-") or any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise InvalidRequest(f"git_repo {repo!r} is not a repository URL")
+    if value.startswith("-") or any(ch.isspace() or ord(ch) < 32 or ch == "\x7f" for ch in value):
+        raise InvalidRequest(f"git_repo {_shown(repo)} is not a repository URL")
     if value.startswith("/"):
         value = "file://" + value
-    if value.startswith("file://"):
-        path = urlsplit(value).path
-        if not path.startswith("/"):
-            raise InvalidRequest(f"git_repo {repo!r}: file:// URLs need an absolute path")
-        normalised = os.path.normpath(path)
-        return "file://" + normalised
-    if "://" not in value and not re.match(r"^[\w.-]+@[\w.-]+:", value):
+    if "://" not in value:
+        scp = _SCP_LIKE.match(value)
+        if scp is None or "::" in value:
+            raise InvalidRequest(
+                f"git_repo {_shown(repo)} is neither a URL nor an absolute path "
+                "(relative paths are refused)"
+            )
+        host = _canonical_host(scp.group("host"), repo)
+        path = _canonical_path(scp.group("path"), repo, leading_slash=False)
+        user = scp.group("user")
+        return f"{user + '@' if user else ''}{host}:{path}"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRequest(f"git_repo {_shown(repo)} is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
         raise InvalidRequest(
-            f"git_repo {repo!r} is neither a URL nor an absolute path (relative paths are refused)"
+            f"git_repo {_shown(repo)}: scheme {scheme!r} is not accepted "
+            f"(use one of {', '.join(sorted(_SCHEMES))})"
         )
-    return value.rstrip("/")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise InvalidRequest(f"git_repo {_shown(repo)}: queries and fragments are refused")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidRequest(f"git_repo {_shown(repo)}: file:// URLs name no host")
+        if "%" in parts.path:
+            raise InvalidRequest(
+                f"git_repo {_shown(repo)}: percent-encoding is refused in file:// URLs"
+            )
+        return "file://" + _canonical_path(parts.path, repo, leading_slash=True, encoded=False)
+    if "@" in parts.netloc:
+        user = parts.username or ""
+        if scheme != "ssh" or parts.password is not None or not _SSH_USER.match(user):
+            raise InvalidRequest(
+                f"git_repo {_shown(repo)}: user names and passwords in URLs are refused "
+                "(only a plain user name, for ssh)"
+            )
+    host = _canonical_host(parts.hostname or "", repo)
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{_canonical_path(parts.path, repo, leading_slash=True)}"
+
+
+def _canonical_host(host: str, repo: str) -> str:
+    host = host.lower().rstrip(".")
+    if not host or not (_HOST.match(host) or _is_ip_literal(host)):
+        raise InvalidRequest(f"git_repo {_shown(repo)}: {host!r} is not a host name")
+    return host
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _canonical_path(path: str, repo: str, leading_slash: bool, encoded: bool = True) -> str:
+    """Decode once, refuse ``..`` and double encoding, drop ``.`` and empty segments, re-encode."""
+    try:
+        decoded = unquote(path, errors="strict") if encoded else path
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"git_repo {_shown(repo)}: the path is not UTF-8") from None
+    if encoded and "%" in decoded:
+        raise InvalidRequest(f"git_repo {_shown(repo)}: double percent-encoding is refused")
+    if any(ord(ch) < 32 or ch in "\\\x7f" for ch in decoded):
+        raise InvalidRequest(f"git_repo {_shown(repo)}: the path holds forbidden characters")
+    segments = decoded.split("/")
+    if ".." in segments:
+        raise InvalidRequest(f"git_repo {_shown(repo)}: '..' path segments are refused")
+    kept = [s for s in segments if s not in ("", ".")]
+    if not kept:
+        raise InvalidRequest(f"git_repo {_shown(repo)} names no repository path")
+    # scp-like paths ("host:x") stay relative: git reads them from the user's home folder
+    joined = "/" + "/".join(kept) if leading_slash else "/".join(kept)
+    return quote(joined, safe=_PATH_SAFE) if encoded else joined
 
 
 def _normalise_pattern(pattern: str) -> str:
+    """An allow-list pattern in the canonical form of :func:`normalise_repo_url`: scheme and
+    host lower-cased, default port and trailing slash dropped, absolute paths as ``file://``.
+    The wildcards (``*``, ``?``, ``[...]``) are kept as written."""
     pattern = pattern.strip()
+    if pattern in ("", "*"):
+        return pattern
     if pattern.startswith("/"):
         pattern = "file://" + pattern
-    return pattern.rstrip("/") if pattern not in ("", "*") else pattern
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/]*)(.*)$", pattern)
+    if match:
+        scheme, netloc, rest = match.group(1).lower(), match.group(2), match.group(3)
+        user, at, hostport = netloc.rpartition("@")
+        host, colon, port = hostport.partition(":")
+        if colon and port == str(_DEFAULT_PORTS.get(scheme, "")):
+            colon = port = ""
+        netloc = f"{user}{at}{host.lower()}{colon}{port}"
+        pattern = f"{scheme}://{netloc}{re.sub('/{2,}', '/', rest)}"
+    return pattern.rstrip("/")
 
 
 def _repo_dir_name(url: str) -> str:
@@ -200,7 +315,7 @@ class GitCache:
         if not any(fnmatch.fnmatchcase(url, pattern) for pattern in self.allowed_repos):
             allowed = ", ".join(self.allowed_repos) or "(none configured)"
             raise RepositoryNotAllowed(
-                f"repository {repo!r} is not allowed; allowed repository patterns: {allowed}"
+                f"repository {_shown(repo)} is not allowed; allowed repository patterns: {allowed}"
             )
         return url
 

@@ -28,6 +28,7 @@ from ska_oso_oet.procedure.git import (
     UnknownRevision,
     normalise_repo_url,
 )
+from tests.support.githttp import git_http_server
 from tests.support.gitrepos import LocalRepo, git, make_script_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -180,10 +181,10 @@ class TestAllowList:
         assert isinstance(info.value, GitError) and isinstance(info.value, OetError)
         assert info.value.code == "OET_INVALID_REQUEST"
 
-    def test_dot_dot_cannot_leave_an_allowed_folder(self, cache, tmp_path, repo):
-        sneaky = f"file://{tmp_path}/repos/../cache"
-        with pytest.raises(RepositoryNotAllowed):
-            cache.check_allowed(sneaky)
+    @pytest.mark.parametrize("form", ["file://{}/repos/../cache", "{}/repos/../cache"])
+    def test_dot_dot_cannot_leave_an_allowed_folder(self, cache, tmp_path, repo, form):
+        with pytest.raises(RepositoryNotAllowed, match=r"'\.\.' path segments are refused"):
+            cache.check_allowed(form.format(tmp_path))
 
     @pytest.mark.parametrize("url", ["--upload-pack=touch /tmp/x", "relative/repo", "", "a b"])
     def test_malformed_locations_are_refused(self, cache, url):
@@ -197,10 +198,131 @@ class TestAllowList:
         with pytest.raises(RepositoryNotAllowed):
             cache.check_allowed("https://gitlab.com/someone-else/scripts.git")
 
-    def test_normalisation(self):
-        assert normalise_repo_url("/a/b/../c/") == "file:///a/c"
-        assert normalise_repo_url("https://host/x.git/") == "https://host/x.git"
-        assert normalise_repo_url("git@gitlab.com:ska/x.git") == "git@gitlab.com:ska/x.git"
+    @pytest.mark.parametrize(
+        ("given", "canonical"),
+        [
+            ("/a/b/./c/", "file:///a/b/c"),
+            ("file://localhost/a//b", "file:///a/b"),
+            ("https://host/x.git/", "https://host/x.git"),
+            (
+                "HTTPS://GitLab.COM:443/ska-telescope/x.git",
+                "https://gitlab.com/ska-telescope/x.git",
+            ),
+            (
+                "https://gitlab.com./ska-telescope//./x.git",
+                "https://gitlab.com/ska-telescope/x.git",
+            ),
+            ("https://gitlab.com/ska-telescope/%78.git", "https://gitlab.com/ska-telescope/x.git"),
+            ("https://gitlab.com:8443/a/b", "https://gitlab.com:8443/a/b"),
+            ("ssh://git@GitLab.com:22/ska/x.git", "ssh://git@gitlab.com/ska/x.git"),
+            ("git@GitLab.com:ska/x.git", "git@gitlab.com:ska/x.git"),
+            ("http://[::1]:8080/x", "http://[::1]:8080/x"),
+        ],
+    )
+    def test_normalisation(self, given, canonical):
+        assert normalise_repo_url(given) == canonical
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://gitlab.com/ska-telescope/../attacker/repo.git",
+            "https://gitlab.com/ska-telescope/%2e%2e/attacker/repo.git",
+            "https://gitlab.com/ska-telescope/%2E%2E/attacker/repo.git",
+            "https://gitlab.com/ska-telescope/.%2e/attacker/repo.git",
+            "https://gitlab.com/ska-telescope/./../attacker/repo.git",
+            "https://gitlab.com/ska-telescope//../attacker/repo.git",
+            "https://gitlab.com/ska-telescope/x/../../attacker/repo.git",
+            "https://gitlab.com/ska-telescope%2f..%2fattacker/repo.git",
+            "https://gitlab.com/ska-telescope/%252e%252e/attacker/repo.git",
+            "https://gitlab.com/ska-telescope/x\\..\\..\\attacker",
+            "https://gitlab.com@attacker.example/ska-telescope/x.git",
+            "https://gitlab.com:443@attacker.example/ska-telescope/x.git",
+            "https://user:secret@gitlab.com/ska-telescope/x.git",
+            "https://gitlab.com/ska-telescope/x.git?u=https://attacker.example/",
+            "https://gitlab.com/ska-telescope/x.git#frag",
+            "ext::sh -c touch% /tmp/pwned",
+            "ext::x://gitlab.com/ska-telescope/",
+            "http::https://gitlab.com/ska-telescope/x",
+            "git@gitlab.com:ska-telescope/../attacker/x.git",
+            "file:///repos/%2e%2e/etc",
+            "file://attacker.example/ska-telescope/x",
+            "https://gitlab.com:99999/ska-telescope/x",
+            "https://gitlab.com/ska-telescope/%ff",
+            "https://gitlab.com/ska-telescope/x\x00",
+        ],
+    )
+    def test_tricks_are_refused_before_matching(self, tmp_path, url):
+        cache = GitCache(tmp_path, allowed_repos=["*"])  # even a match-all list refuses them
+        with pytest.raises(RepositoryNotAllowed):
+            cache.check_allowed(url)
+
+    def test_patterns_are_normalised_like_urls(self, tmp_path):
+        cache = GitCache(tmp_path, allowed_repos=["HTTPS://GitLab.com:443/ska-telescope/*/"])
+        assert cache.check_allowed("https://gitlab.com/ska-telescope/x.git")
+        with pytest.raises(RepositoryNotAllowed):
+            cache.check_allowed("https://gitlab.com/ska-telescope-evil/x.git")
+
+    def test_refusal_quotes_only_a_short_prefix(self, cache):
+        with pytest.raises(RepositoryNotAllowed) as info:
+            cache.check_allowed("https://example.org/" + "x" * 100_000)
+        assert len(str(info.value)) < 600
+
+
+class TestAllowListOverHttp:
+    """The attack of issue 13 against a real (dumb-protocol) HTTP git server on loopback."""
+
+    @pytest.fixture
+    def served(self, tmp_path):
+        good = make_script_repo(tmp_path / "src" / "good", requirements=None)
+        evil = make_script_repo(tmp_path / "src" / "evil", requirements=None)
+        evil.commit({"scripts/hello.py": "raise SystemExit('attacker code ran')\n"}, "evil")
+        with git_http_server(tmp_path / "www") as server:
+            server.publish(good, "ska-telescope/scripts.git")
+            server.publish(evil, "attacker/repo.git")
+            yield server
+
+    def _cache(self, tmp_path, server):
+        return GitCache(
+            tmp_path / "cache", allowed_repos=[f"{server.url}/ska-telescope/*"], timeout=60
+        )
+
+    def test_git_itself_resolves_dot_segments_so_the_attack_is_real(self, served, tmp_path):
+        # Control: handed the raw URL, git asks the server for the attacker's repository.
+        git(tmp_path, "ls-remote", f"{served.url}/ska-telescope/../attacker/repo.git")
+        assert any(p.startswith("/attacker/") for p in served.requests)
+
+    def test_allowed_repository_is_fetched_over_http(self, served, tmp_path):
+        checkout = self._cache(tmp_path, served).checkout(
+            GitArgs(f"{served.url}/ska-telescope/scripts.git"), "scripts/hello.py"
+        )
+        assert "attacker" not in checkout.script.read_text()
+        assert any(p.startswith("/ska-telescope/scripts.git/") for p in served.requests)
+
+    @pytest.mark.parametrize(
+        "tail",
+        [
+            "ska-telescope/../attacker/repo.git",
+            "ska-telescope/%2e%2e/attacker/repo.git",
+            "ska-telescope/%2E%2E/attacker/repo.git",
+            "ska-telescope/./../attacker/repo.git",
+            "ska-telescope//../attacker/repo.git",
+            "ska-telescope%2F..%2Fattacker/repo.git",
+        ],
+    )
+    def test_forbidden_repository_is_never_fetched(self, served, tmp_path, tail):
+        cache = self._cache(tmp_path, served)
+        with pytest.raises(RepositoryNotAllowed):
+            cache.checkout(GitArgs(f"{served.url}/{tail}"), "scripts/hello.py")
+        with pytest.raises(RepositoryNotAllowed):
+            cache.resolve(GitArgs(f"{served.url}/{tail}"))
+        assert served.requests == []
+
+    def test_user_info_cannot_redirect_to_another_host(self, served, tmp_path):
+        cache = GitCache(tmp_path / "c", allowed_repos=["http://127.0.0.2/*"], timeout=60)
+        host_port = served.url.removeprefix("http://")
+        with pytest.raises(RepositoryNotAllowed):
+            cache.checkout(GitArgs(f"http://127.0.0.2@{host_port}/attacker/repo.git"))
+        assert served.requests == []
 
 
 class TestFailures:
