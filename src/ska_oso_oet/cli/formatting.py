@@ -15,6 +15,8 @@ from typing import Any
 
 import tabulate
 
+from ..vocabulary import ProcedureState
+
 
 def _utc(timestamp: float, fmt: str) -> str:
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime(fmt)
@@ -51,7 +53,7 @@ def describe(procedure: Mapping[str, Any]) -> str:
             [
                 (
                     _utc(ts, "%Y-%m-%d %H:%M:%S.%f"),
-                    f"{state} {next(running)}" if state == "RUNNING" else state,
+                    f"{state} {next(running)}" if state == ProcedureState.RUNNING else state,
                 )
                 for state, ts in states
             ],

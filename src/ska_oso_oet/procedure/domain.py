@@ -7,36 +7,13 @@ the documented OET API (DESIGN §3, §5). Nothing here knows about processes, Ta
 from __future__ import annotations
 
 import copy
-import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..vocabulary import ProcedureState
 from .errors import InvalidRequest
-
-
-class ProcedureState(enum.StrEnum):
-    """Lifecycle states of a procedure; the string values are part of the public API."""
-
-    UNKNOWN = "UNKNOWN"
-    IDLE = "IDLE"
-    CREATING = "CREATING"
-    PREP_ENV = "PREP_ENV"
-    LOADING = "LOADING"
-    INITIALISING = "INITIALISING"
-    READY = "READY"
-    RUNNING = "RUNNING"
-    COMPLETE = "COMPLETE"
-    STOPPED = "STOPPED"
-    FAILED = "FAILED"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATES
-
-
-FINAL_STATES = frozenset({ProcedureState.COMPLETE, ProcedureState.STOPPED, ProcedureState.FAILED})
 
 _S = ProcedureState
 _ENDINGS = {_S.FAILED, _S.STOPPED}

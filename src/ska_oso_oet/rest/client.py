@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from ..vocabulary import ACCEPTED_RESULT_CODES, REFUSED_RESULT_CODES, ResultCode, label_of
 from . import errors
 from .errors import GatewayError
 from .hub import EventHub, HubEvent
@@ -34,14 +35,6 @@ from .hub import EventHub, HubEvent
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: ResultCode values of the SKA long-running command protocol.
-RESULT_CODE_NAMES = {0: "OK", 1: "STARTED", 2: "QUEUED", 3: "FAILED", 4: "UNKNOWN",
-                     5: "REJECTED", 6: "NOT_ALLOWED", 7: "ABORTED"}  # fmt: skip
-_ACCEPTED_CODES = {0, 1, 2}
-
-#: States in which a procedure is still being prepared (it will become READY or FAILED).
-PREPARING_STATES = frozenset({"CREATING", "IDLE", "PREP_ENV", "LOADING", "INITIALISING"})
-FINAL_STATES = frozenset({"COMPLETE", "STOPPED", "FAILED"})
 #: Devices are connected one at a time (see ``TangoDeviceClient._connect``).
 _CONNECT_LOCK = threading.Lock()
 #: Longest wait for the first event after subscribing (see ``_confirm_event_channel``).
@@ -308,9 +301,11 @@ class TangoDeviceClient(DeviceClient):
         codes, messages = await self._command(name, json.dumps(body))
         code = int(codes[0])
         message = str(messages[0]) if len(messages) else ""
-        if code not in _ACCEPTED_CODES:
-            label = RESULT_CODE_NAMES.get(code, str(code))
-            error_code = errors.STATE_CONFLICT if code in (5, 6) else errors.DEVICE_ERROR
+        if code not in ACCEPTED_RESULT_CODES:
+            label = label_of(ResultCode, code)
+            error_code = (
+                errors.STATE_CONFLICT if code in REFUSED_RESULT_CODES else errors.DEVICE_ERROR
+            )
             raise GatewayError(error_code, f"{name} was {label}: {message}")
         return message
 

@@ -42,6 +42,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..vocabulary import AdminMode, HealthState, ProcedureState
 from .errors import GatewayError
 
 if TYPE_CHECKING:
@@ -50,11 +51,10 @@ if TYPE_CHECKING:
     from .monitor import DeviceStatus
 
 #: Procedure states (DESIGN §3): every one is exported, 0 included, so series never vanish.
-PROCEDURE_STATES = ("UNKNOWN", "IDLE", "CREATING", "PREP_ENV", "LOADING", "INITIALISING",
-                    "READY", "RUNNING", "COMPLETE", "STOPPED", "FAILED")  # fmt: skip
-#: SKA enum labels by value (ska-control-model), as the device publishes them.
-ADMIN_MODES = ("ONLINE", "OFFLINE", "ENGINEERING", "NOT_FITTED", "RESERVED")
-HEALTH_STATES = ("OK", "DEGRADED", "FAILED", "UNKNOWN")
+PROCEDURE_STATES = tuple(state.value for state in ProcedureState)
+#: SKA enum labels (ska-control-model), as the device publishes them.
+ADMIN_MODES = tuple(mode.name for mode in AdminMode)
+HEALTH_STATES = tuple(health.name for health in HealthState)
 COMMAND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 READY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: Procedure ids remembered for the POST -> READY measurement (per device).

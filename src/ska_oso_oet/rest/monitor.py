@@ -27,14 +27,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..vocabulary import COMMAND_ACCEPTING_ADMIN_MODES, AdminMode, HealthState, label_of
 from .client import DeviceClient, TangoDeviceClient, error_from_any
-from .metrics import ADMIN_MODES, HEALTH_STATES, GatewayMetrics
+from .metrics import GatewayMetrics
 
 LOGGER = logging.getLogger(__name__)
 
 #: Values under which the device accepts commands.
 USABLE_STATES = frozenset({"ON", "RUNNING"})
-USABLE_ADMIN_MODES = frozenset({"ONLINE", "ENGINEERING"})
+USABLE_ADMIN_MODES = frozenset(mode.name for mode in COMMAND_ACCEPTING_ADMIN_MODES)
 #: Longest wait for one device's probe (Tango's own timeout on the probe proxy is shorter).
 PROBE_TIMEOUT = 1.5
 #: How long a probe result is reused.
@@ -68,7 +69,7 @@ class DeviceStatus:
             and self.error is None
             and (self.state is None or self.state in USABLE_STATES)
             and (self.admin_mode is None or self.admin_mode in USABLE_ADMIN_MODES)
-            and self.health_state != "FAILED"
+            and self.health_state != HealthState.FAILED.name
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -133,8 +134,8 @@ class TangoProbe(Probe):
             self.device,
             reachable=True,
             state=None if state is None else str(state),
-            admin_mode=_label(ADMIN_MODES, read["adminMode"].value),
-            health_state=_label(HEALTH_STATES, read["healthState"].value),
+            admin_mode=label_of(AdminMode, read["adminMode"].value),
+            health_state=label_of(HealthState, read["healthState"].value),
             procedure_states=tuple(read["procedureStates"].value or ()),
             ping_seconds=ping,
             error=f"cannot read {', '.join(failed)}" if failed else None,
@@ -142,13 +143,6 @@ class TangoProbe(Probe):
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _label(labels: tuple[str, ...], value: Any) -> str | None:
-    if value is None:
-        return None
-    index = int(value)
-    return labels[index] if 0 <= index < len(labels) else str(index)
 
 
 class ClientProbe(Probe):

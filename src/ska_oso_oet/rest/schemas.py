@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..vocabulary import ProcedureState
+
 
 class FunctionArgs(BaseModel):
     """Positional and keyword arguments for one script function."""
@@ -86,10 +88,7 @@ class UpdateProcedureRequest(BaseModel):
             ]
         },
     )
-    state: Literal[
-        "UNKNOWN", "IDLE", "CREATING", "PREP_ENV", "LOADING", "INITIALISING", "READY",
-        "RUNNING", "COMPLETE", "STOPPED", "FAILED",
-    ]  # fmt: skip
+    state: Literal[tuple(s.value for s in ProcedureState)]  # type: ignore[valid-type]
     script_args: dict[str, FunctionArgs] | None = None
     abort: bool = False
 

@@ -29,6 +29,7 @@ from .. import __version__
 from . import logs
 from .lrc import PROTOCOL_VERSIONS, SPECTRUM_SIZES, LrcTracker
 from .ska import (
+    COMMAND_ACCEPTING_ADMIN_MODES,
     AdminMode,
     ControlMode,
     HealthState,
@@ -178,7 +179,7 @@ class SkaDevice(Device):
     def condition(self) -> tuple[DevState, str, HealthState]:
         """(State, Status, healthState) the device is in now; subclasses describe their
         component. Called on the event thread."""
-        if self._admin_mode not in (AdminMode.ONLINE, AdminMode.ENGINEERING):
+        if self._admin_mode not in COMMAND_ACCEPTING_ADMIN_MODES:
             return (
                 DevState.DISABLE,
                 f"The device is {self._admin_mode.name} (adminMode).",

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Event, dumps
+from ..vocabulary import FINAL_STATES, ProcedureState
 from .ska import ResultCode, TaskStatus
 
 Lookup = Callable[[int], dict[str, Any] | None]
 Completion = tuple[str, TaskStatus, ResultCode, str]
-_FINAL = {"COMPLETE", "FAILED", "STOPPED"}
 _MAX_REMEMBERED_COMMANDS = 1000
 
 
@@ -96,7 +96,9 @@ class ProcedureView:
         listed = ordered[-self.MAX_LISTED :]
         values = {
             "procedures": dumps(ordered),
-            "runningProcedureId": next((s["id"] for s in ordered if s["state"] == "RUNNING"), 0),
+            "runningProcedureId": next(
+                (s["id"] for s in ordered if s["state"] == ProcedureState.RUNNING), 0
+            ),
             "procedureIds": [s["id"] for s in listed],
             "procedureStates": [s["state"] for s in listed],
         }
@@ -179,27 +181,27 @@ class ProcedureView:
         seen = self._seen.get(tracked.procedure_id, _Seen())
         states = seen.states
         if tracked.kind == "Stop":
-            if not states & _FINAL:
+            if not states & FINAL_STATES:
                 return None
             summaries = [
                 self._summary(pid, lookup) for pid in [tracked.procedure_id, *tracked.extra]
             ]
             return TaskStatus.COMPLETED, ResultCode.OK, dumps([s for s in summaries if s])
-        goal = "READY" if tracked.kind == "Prepare" else "COMPLETE"
+        goal = ProcedureState.READY if tracked.kind == "Prepare" else ProcedureState.COMPLETE
         if goal in states:
             return (
                 TaskStatus.COMPLETED,
                 ResultCode.OK,
                 dumps(self._summary(tracked.procedure_id, lookup)),
             )
-        if "FAILED" in states:
+        if ProcedureState.FAILED in states:
             summary = self._summary(tracked.procedure_id, lookup) or {}
             stacktrace = (summary.get("history") or {}).get(
                 "stacktrace"
             ) or "no stack trace recorded"
             message = f"procedure {tracked.procedure_id} failed:\n{stacktrace}"
             return TaskStatus.FAILED, ResultCode.FAILED, message
-        if "STOPPED" in states:
+        if ProcedureState.STOPPED in states:
             return (
                 TaskStatus.ABORTED,
                 ResultCode.ABORTED,

@@ -4,7 +4,8 @@ ska-control-model are not installable from PyPI.
 Names, enum labels and values are those of ``ska_control_model`` (DESIGN §4), so that SKA
 clients, Taranta dashboards and archivers read our attributes exactly as they read any SKA
 device. Nothing here imports Tango: the device layers use these types, and plain unit tests
-can check them.
+can check them. The enums the gateway and CLI also speak (admin mode, health state, result code,
+task status) live in :mod:`ska_oso_oet.vocabulary` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+
+from ..vocabulary import (
+    COMMAND_ACCEPTING_ADMIN_MODES,
+    AdminMode,
+    HealthState,
+    ResultCode,
+    TaskStatus,
+)
 
 __all__ = [
     "COMMAND_ACCEPTING_ADMIN_MODES",
@@ -26,25 +35,6 @@ __all__ = [
     "command_name_of",
     "generate_command_id",
 ]
-
-
-class AdminMode(enum.IntEnum):
-    """Who may use the device: OFFLINE devices refuse every OET command."""
-
-    ONLINE = 0
-    OFFLINE = 1
-    ENGINEERING = 2
-    NOT_FITTED = 3
-    RESERVED = 4
-
-
-class HealthState(enum.IntEnum):
-    """The device's own verdict on whether it can do its job."""
-
-    OK = 0
-    DEGRADED = 1
-    FAILED = 2
-    UNKNOWN = 3
 
 
 class ControlMode(enum.IntEnum):
@@ -69,44 +59,6 @@ class LoggingLevel(enum.IntEnum):
     WARNING = 3
     INFO = 4
     DEBUG = 5
-
-
-class ResultCode(enum.IntEnum):
-    """First element of a long-running command's reply and of its final result."""
-
-    OK = 0
-    STARTED = 1
-    QUEUED = 2
-    FAILED = 3
-    UNKNOWN = 4
-    REJECTED = 5
-    NOT_ALLOWED = 6
-    ABORTED = 7
-
-
-class TaskStatus(enum.IntEnum):
-    """Life of one long-running command, as reported by the LRC attributes."""
-
-    STAGING = 0
-    QUEUED = 1
-    IN_PROGRESS = 2
-    ABORTED = 3
-    NOT_FOUND = 4
-    COMPLETED = 5
-    REJECTED = 6
-    FAILED = 7
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL_TASK_STATUSES
-
-
-_FINAL_TASK_STATUSES = frozenset(
-    {TaskStatus.ABORTED, TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskStatus.FAILED}
-)
-
-#: Admin modes in which the device accepts OET commands.
-COMMAND_ACCEPTING_ADMIN_MODES = frozenset({AdminMode.ONLINE, AdminMode.ENGINEERING})
 
 
 def generate_command_id(command_name: str) -> str:

@@ -20,9 +20,10 @@ from typing import Any
 import uvicorn
 
 from ska_oso_oet.rest import errors
-from ska_oso_oet.rest.client import FINAL_STATES, DeviceClient
+from ska_oso_oet.rest.client import DeviceClient
 from ska_oso_oet.rest.errors import GatewayError
 from ska_oso_oet.rest.hub import EventHub
+from ska_oso_oet.vocabulary import FINAL_STATES
 
 
 class FakeDevice(DeviceClient):

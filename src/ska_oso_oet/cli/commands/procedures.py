@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ...vocabulary import STARTABLE_STATES, ProcedureState
 from .. import exit_codes
 from ..args import parse_bool, parse_value, split_script_args
 from ..errors import CliError, reporting_errors
@@ -13,8 +14,6 @@ from ..formatting import describe as describe_report
 from ..formatting import event_line, procedure_table
 from .common import EXTRA_ARGS, state_of
 
-#: States from which ``start`` may proceed (the server waits for READY if still preparing).
-STARTABLE = frozenset({"READY", "CREATING", "IDLE", "PREP_ENV", "LOADING", "INITIALISING"})
 ENDINGS = {
     "procedure.lifecycle.complete": exit_codes.SUCCESS,
     "procedure.lifecycle.failed": exit_codes.PROCEDURE_FAILED,
@@ -128,7 +127,7 @@ def start(
         if not procedures:
             raise CliError("No procedures to start", exit_codes.CONFLICT)
         procedure = max(procedures, key=lambda p: p["id"])
-        if procedure["state"] not in STARTABLE:
+        if procedure["state"] not in STARTABLE_STATES:
             raise CliError(
                 f"The last procedure created is in {procedure['state']} state and cannot be "
                 "started, please specify a valid procedure ID.",
@@ -136,7 +135,7 @@ def start(
             )
     else:
         procedure = http.get_procedure(pid)
-        if procedure["state"] not in STARTABLE:
+        if procedure["state"] not in STARTABLE_STATES:
             raise CliError(
                 f"Cannot start a procedure in state {procedure['state']}.", exit_codes.CONFLICT
             )
@@ -181,7 +180,7 @@ def stop(
     http = state_of(ctx).http
     abort = parse_bool(run_abort, "--run_abort", False)
     if pid is None:
-        running = [p for p in http.list_procedures() if p["state"] == "RUNNING"]
+        running = [p for p in http.list_procedures() if p["state"] == ProcedureState.RUNNING]
         if not running:
             typer.echo("No procedures to stop")
             return

@@ -13,8 +13,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from ...vocabulary import FINAL_STATES, PREPARING_STATES, ProcedureState
 from .. import errors
-from ..client import FINAL_STATES, PREPARING_STATES
 from ..deps import ClientDep, SettingsDep
 from ..errors import GatewayError
 from ..schemas import (
@@ -101,7 +101,7 @@ async def update_procedure(
         )
     if summary["state"] in PREPARING_STATES:
         await client.wait_for_state(
-            procedure_id, {"READY", *FINAL_STATES}, settings.start_wait_seconds
+            procedure_id, {ProcedureState.READY, *FINAL_STATES}, settings.start_wait_seconds
         )
     script_args = body.model_dump(mode="json", exclude_unset=True).get("script_args")
     summary = await client.start_procedure(procedure_id, script_args)
