@@ -44,9 +44,10 @@ rest: install ## run the REST gateway alone, in front of the devices of $$TANGO_
 test: install lint lint-deploy ## lint everything, then run the whole test suite
 	$(PY) -m pytest
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the import contract of docs/architecture.md
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 lint-deploy: install ## lint the Dockerfile and Helm chart, build the docs (warnings are errors)
 	.ci/lint-deploy
