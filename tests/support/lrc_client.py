@@ -115,3 +115,12 @@ class LrcClient:
         return (
             bool(outcome.statuses) and outcome.statuses[-1] in FINAL and outcome.result is not None
         )
+
+
+def expect_rejected(proxy: tango.DeviceProxy, command: str, argument: Any = None) -> str:
+    """Call a long-running command that must be REJECTED; returns its "<reason>: <text>"."""
+    args = () if argument is None else (argument,)
+    (code,), (message,) = proxy.command_inout(command, *args)
+    assert ResultCode(code) == ResultCode.REJECTED, (command, argument, code, message)
+    assert message.startswith("OET_") and ": " in message, message
+    return message

@@ -207,6 +207,29 @@ class ScriptExecutionService:
             summaries.append(self._create(abort))
         return summaries
 
+    def abort(self, when_idle: bool = True) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Abort on this subarray: stop the running procedure and then run the abort script
+        when one is configured; with nothing running, run the abort script alone (when
+        ``when_idle``). Returns the summaries of the procedure stopped and of the abort
+        procedure, each None when there is none."""
+        with self._lock:
+            running = self._running()
+        if running is not None:
+            try:
+                summaries = self.stop(running.id, run_abort=bool(self.config.abort_script))
+            except StateConflict:
+                pass  # it ended in the meantime: nothing runs now
+            else:
+                return summaries[0], (summaries[1] if len(summaries) > 1 else None)
+        if not (when_idle and self.config.abort_script):
+            return None, None
+        abort = PrepareRequest(
+            FileSystemScript(self.config.abort_script),
+            init_args=FunctionArgs(kwargs={"subarray_id": self.config.subarray_id}),
+            autostart_args=FunctionArgs(),
+        )
+        return None, self._create(abort)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop every active procedure (recorded as STOPPED) and release all resources."""
         with self._lock:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -234,37 +235,37 @@ class TangoDeviceClient(DeviceClient):
 
         Tango connects the client's event socket asynchronously: events pushed in the first
         moments after subscribing can be lost, and a client acting at once (``oet-stack``
-        followed by ``oet start``) would miss its run. The device pushes ``loggingLevel`` when
-        it is written, so writing its current value until that event arrives proves the
-        channel (lastEvent's subscription went first on the same connection). Nothing else
-        changes on the device.
+        followed by ``oet start``) would miss its run. The device echoes a token given to
+        ``ProbeEvents`` as a change event of ``eventProbe`` (and changes nothing else), so
+        probing until the token comes back proves the channel (lastEvent's subscription went
+        first on the same connection). Nothing on the device is written.
         """
         arrived = threading.Event()
+        token = f"gateway-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
 
-        def on_level(event: Any) -> None:
-            if not event.err:
+        def on_probe(event: Any) -> None:
+            if not event.err and getattr(event.attr_value, "value", None) == token:
                 arrived.set()
 
         deadline = time.monotonic() + EVENT_CHANNEL_TIMEOUT
         try:
-            level_id = proxy.subscribe_event("loggingLevel", tango.EventType.CHANGE_EVENT, on_level)
-        except Exception:  # no loggingLevel events: nothing to confirm with
+            probe_id = proxy.subscribe_event("eventProbe", tango.EventType.CHANGE_EVENT, on_probe)
+        except Exception:  # an older device without eventProbe: nothing to confirm with
             LOGGER.warning("cannot confirm the event channel of %s", self.device, exc_info=True)
             return
         try:
-            arrived.clear()  # the first event is read synchronously by subscribe_event
             while time.monotonic() < deadline:
-                proxy.write_attribute("loggingLevel", proxy.read_attribute("loggingLevel").value)
+                proxy.command_inout("ProbeEvents", token)
                 if arrived.wait(0.25):
                     return
             LOGGER.warning(
                 "events of %s not confirmed within %s s", self.device, EVENT_CHANNEL_TIMEOUT
             )
-        except Exception:  # e.g. writing refused: carry on without the confirmation
+        except Exception:  # e.g. refused: carry on without the confirmation
             LOGGER.warning("cannot confirm the event channel of %s", self.device, exc_info=True)
         finally:
             with contextlib.suppress(Exception):
-                proxy.unsubscribe_event(level_id)
+                proxy.unsubscribe_event(probe_id)
 
     def _on_event(self, event: Any) -> None:
         """Tango event thread: hand the JSON to the loop, nothing else."""
@@ -302,6 +303,11 @@ class TangoDeviceClient(DeviceClient):
         code = int(codes[0])
         message = str(messages[0]) if len(messages) else ""
         if code not in ACCEPTED_RESULT_CODES:
+            # The device rejects what it cannot accept now as "<OET reason>: <text>"
+            # (ska-tango-base's REJECTED convention); the reason keeps its HTTP status.
+            reason, _, text = message.partition(": ")
+            if code == ResultCode.REJECTED and reason.startswith("OET_") and text:
+                raise GatewayError(reason, text)
             label = label_of(ResultCode, code)
             error_code = (
                 errors.STATE_CONFLICT if code in REFUSED_RESULT_CODES else errors.DEVICE_ERROR

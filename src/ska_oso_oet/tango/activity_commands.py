@@ -7,9 +7,11 @@
 * ``AddSbd(json)`` / ``GetSbd(sbd_id)``: store and read SBD documents (the REST gateway's
   ``POST /sbds`` and ``GET /sbds/{sbd_id}``).
 
-Errors are ``DevFailed`` with the contract's reasons: an unknown SBD is ``OET_NOT_FOUND``; an
-unknown activity name, a malformed SBD or arguments are ``OET_INVALID_REQUEST``. A refused
-request leaves nothing behind (no activity, no procedure, no command id).
+Bad requests are ``DevFailed`` (an unknown activity name, a malformed SBD or arguments are
+``OET_INVALID_REQUEST``); a well-formed RunActivity the engine cannot accept (an unknown SBD,
+``OET_NOT_FOUND``; a procedure already running) is a REJECTED reply, as for the other
+long-running commands (see :mod:`.device`); GetActivity, AddSbd and GetSbd raise DevFailed.
+A refused request leaves nothing behind (no activity, no procedure, no command id).
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ class ActivityCommands:
         for command_id, status, code, message in self._activity_view.completions(self._lookup):
             self.lrc_finish(command_id, status, code, message)
 
-    def _activities(self, origin: str) -> ActivityService:
+    def _activities(self, origin: str, new_script: bool = False) -> ActivityService:
         """The activity service, if commands are allowed now (raises DevFailed otherwise)."""
-        self._engine(origin)
+        self._engine(origin, new_script=new_script)
         if self._activity_service is None:
             self._fail("OET_ENGINE_UNAVAILABLE", self._activity_error or "no activities", origin)
         return self._activity_service
@@ -60,11 +62,15 @@ class ActivityCommands:
     def RunActivity(self, argin: str) -> list[Any]:
         """Run an activity of a stored SBD: its script, with the SBD's arguments merged with
         script_args; the activity exists (REQUESTED) when this returns."""
+        return self._lrc_reply("RunActivity", self._run_activity, argin)
+
+    def _run_activity(self, argin: str) -> list[Any]:
         body = self._decode(argin, "RunActivity", RUN_ACTIVITY_KEYS)
-        activities = self._activities("RunActivity")
         request = self._call("RunActivity", ActivityRequest.from_dict, body)
         command_id = generate_command_id("RunActivity")
-        self._call("RunActivity", activities.run, request, command_id)
+        with self._power_lock:
+            activities = self._activities("RunActivity", new_script=True)
+            self._accept("RunActivity", activities.run, request, command_id)
         self.submit(self.lrc_started, command_id)
         self.submit(self._activity_view.track, command_id, request.prepare_only)
         self.submit(self._complete_activities)

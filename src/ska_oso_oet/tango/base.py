@@ -15,8 +15,10 @@ and every change event leaves in the order its cause happened. It runs inside
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +44,9 @@ from .ska import (
 )
 
 _STOP = object()
+#: debugpy listens once per process, whichever device asked first.
+_DEBUG_LOCK = threading.Lock()
+_DEBUG_LISTENING: dict[str, int] = {}
 #: The event thread wakes at least this often to expire old LRC entries and check health.
 TICK_SECONDS = 1.0
 
@@ -128,6 +133,24 @@ class SkaDevice(Device):
         default_value=["tango::logger"],
         doc="loggingTargets at start-up: console::cout, file::<path>, syslog::<url>, tango::logger.",
     )
+    SkaLevel = device_property(
+        dtype="uint16",
+        default_value=4,
+        doc="SKA device level (1 element ... 4 capability/sub-element); informative, read by "
+        "SKA tools that sort devices by level.",
+    )
+    GroupDefinitions = device_property(
+        dtype="DevVarStringArray",
+        default_value=[],
+        doc='SKA Tango group definitions, one JSON object each ({"group_name": ..., '
+        '"devices": [...], "subgroups": [...]}). Checked at start-up; an OET device '
+        "commands no subordinate devices, so it forms no groups from them.",
+    )
+    DebugPort = device_property(
+        dtype="uint16",
+        default_value=5678,
+        doc="Port DebugDevice opens a debugpy listener on (loopback only).",
+    )
 
     # ----- life cycle -----------------------------------------------------------------------
     def init_device(self) -> None:
@@ -140,14 +163,19 @@ class SkaDevice(Device):
         self._simulation_mode = SimulationMode.FALSE
         self._test_mode = TestMode.NONE
         self._published_condition: tuple[DevState, str, HealthState] | None = None
+        #: Operating state last asked for by On, Off or Standby ("None" until then).
+        self._commanded_state = "None"
+        self._event_probe = ""
         self._init_logging()
+        self.group_definitions = self._check_group_definitions()
         self._lrc_values: dict[str, Any] = {name: [] for name in (*LRC_ATTRIBUTES, "_lrcEvent")}
         self._lrc_values["longRunningCommandResult"] = ("", "")
         self._tracker = LrcTracker(self._publish_updates)
-        for name in (*SKA_ATTRIBUTES, *LRC_ATTRIBUTES):
+        for name in (*SKA_ATTRIBUTES, *LRC_ATTRIBUTES, "commandedState"):
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
         self.set_change_event("_lrcEvent", True, False)
+        self.set_change_event("eventProbe", True, False)
         self._events = EventThread(f"events {self.get_name()}", self._tick, self.logger)
         self._events.start()
 
@@ -159,7 +187,7 @@ class SkaDevice(Device):
         super().delete_device()
 
     def _init_logging(self) -> None:
-        logs.configure_process_logging()
+        logs.configure_process_logging(stream=sys.stderr)  # Starter and containers keep stderr
         self.logger = logging.getLogger(f"ska_oso_oet.device.{self.get_name()}")
         for flt in list(self.logger.filters):
             self.logger.removeFilter(flt)
@@ -174,6 +202,23 @@ class SkaDevice(Device):
             self._apply_logging_targets(list(self.LoggingTargetsDefault or []))
         except logs.LoggingTargetError:
             self.logger.exception("ignoring invalid LoggingTargetsDefault")
+
+    def _check_group_definitions(self) -> list[dict[str, Any]]:
+        """The GroupDefinitions property decoded; a malformed entry is logged and skipped."""
+        groups = []
+        for text in self.GroupDefinitions or []:
+            if not str(text).strip():
+                continue
+            try:
+                group = json.loads(text)
+            except ValueError as exc:
+                self.logger.error("ignoring a GroupDefinitions entry that is not JSON: %s", exc)
+                continue
+            if not isinstance(group, dict) or not isinstance(group.get("group_name"), str):
+                self.logger.error("ignoring a GroupDefinitions entry without group_name")
+                continue
+            groups.append(group)
+        return groups
 
     # ----- hooks for subclasses -------------------------------------------------------------
     def condition(self) -> tuple[DevState, str, HealthState]:
@@ -381,6 +426,72 @@ class SkaDevice(Device):
 
     def _build_state(self) -> str:
         return f"ska-oso-oet, {__version__}, PyTango {tango.__version__}, cppTango {tango.constants.TgLibVers}"
+
+    @attribute(
+        dtype=str,
+        doc="The operating state last commanded by On, Off or Standby: ON, OFF, STANDBY, or "
+        "None before any of them.",
+    )
+    def commandedState(self) -> str:
+        return self._commanded_state
+
+    def set_commanded_state(self, value: str) -> None:
+        """Record what On/Off/Standby asked for and push it (event thread)."""
+        self._commanded_state = value
+        self.push("commandedState", value)
+
+    @attribute(
+        dtype=str,
+        doc="Echo of the latest ProbeEvents token, pushed as a change event: lets a client "
+        "prove its event channel works without changing the device.",
+    )
+    def eventProbe(self) -> str:
+        return self._event_probe
+
+    @command(
+        dtype_in=str,
+        doc_in="A token (at most 64 characters) pushed back as a change event of eventProbe.",
+    )
+    def ProbeEvents(self, token: str) -> None:
+        """Push ``token`` on eventProbe (through the event thread, after every event queued
+        before it); changes nothing else. Read-only-safe."""
+        if len(token) > 64:
+            tango.Except.throw_exception(
+                "OET_INVALID_REQUEST", "the probe token is longer than 64 characters", "ProbeEvents"
+            )
+        self.submit(self._push_probe, token)
+
+    def _push_probe(self, token: str) -> None:
+        self._event_probe = token
+        self.push("eventProbe", token, archive=False)
+
+    @command(
+        dtype_out="DevUShort",
+        doc_out="The port of the debugpy listener (on 127.0.0.1).",
+    )
+    def DebugDevice(self) -> int:
+        """Open a debugpy listener in this server process (once) so a developer can attach
+        a debugger (port-forward it first); returns its port."""
+        try:
+            import debugpy
+        except ImportError:
+            tango.Except.throw_exception(
+                "OET_ENGINE_UNAVAILABLE", "debugpy is not installed in this server", "DebugDevice"
+            )
+        port = int(self.DebugPort)
+        with _DEBUG_LOCK:
+            if _DEBUG_LISTENING.get("port") is None:
+                try:
+                    debugpy.listen(("127.0.0.1", port))
+                except Exception as exc:
+                    tango.Except.throw_exception(
+                        "OET_ENGINE_UNAVAILABLE",
+                        f"cannot listen for a debugger on port {port}: {exc}",
+                        "DebugDevice",
+                    )
+                _DEBUG_LISTENING["port"] = port
+                self.logger.warning("debugpy listening on 127.0.0.1:%d", port)
+            return _DEBUG_LISTENING["port"]
 
     @command(dtype_out=("str",), doc_out='["<DeviceClass>, <buildState>"]')
     def GetVersionInfo(self) -> list[str]:

@@ -17,10 +17,22 @@ Attributes: ``procedures``, ``activities``, ``runningProcedureId``, ``procedureI
 
 The device only translates: it decodes the JSON argument, calls the
 :class:`~ska_oso_oet.procedure.service.ScriptExecutionService` (or the
-:class:`~ska_oso_oet.activity.service.ActivityService` beside it), and encodes the reply. Bad
-requests are refused with ``DevFailed`` whose reason is the engine's error code
-(``OET_INVALID_REQUEST``, ``OET_NOT_FOUND``, ``OET_STATE_CONFLICT``,
-``OET_ENGINE_UNAVAILABLE``) or ``OET_DEVICE_OFFLINE``.
+:class:`~ska_oso_oet.activity.service.ActivityService` beside it), and encodes the reply.
+
+Refusals follow ska-tango-base's split, so its clients (``invoke_lrc``) read them as they read
+any SKA device's:
+
+* ``DevFailed`` when the request itself is wrong (``OET_INVALID_REQUEST``: not JSON, unknown
+  keys, a script outside the roots) or the device's state does not allow the command at all
+  (``OET_DEVICE_OFFLINE`` in DISABLE, ``OET_ENGINE_UNAVAILABLE`` in FAULT,
+  ``OET_STATE_CONFLICT`` for new scripts while OFF or STANDBY, ``API_CommandNotAllowed`` for
+  On/Off/Standby in FAULT) -- what ska-tango-base's argument validation and
+  ``is_<Command>_allowed`` raise;
+* a ``([ResultCode.REJECTED], ["<OET reason>: <message>"])`` reply when a well-formed long-running
+  command cannot be accepted by the engine now (``OET_NOT_FOUND``, ``OET_STATE_CONFLICT``,
+  ``OET_ENGINE_UNAVAILABLE``): no command id is issued, nothing is left behind.
+
+Synchronous commands (``GetProcedure``...) raise ``DevFailed`` for every refusal.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ import json
 import os
 import re
 import shlex
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, NoReturn, TypeVar
@@ -48,7 +62,15 @@ from .activities import ActivityView
 from .activity_commands import ActivityCommands
 from .base import SkaDevice
 from .procedures import ProcedureView
-from .ska import COMMAND_ACCEPTING_ADMIN_MODES, HealthState, ResultCode, generate_command_id
+from .ska import (
+    COMMAND_ACCEPTING_ADMIN_MODES,
+    HealthState,
+    ProcedureStateEnum,
+    ResultCode,
+    TaskStatus,
+    generate_command_id,
+)
+from .ska_commands import SkaCommands
 
 T = TypeVar("T")
 
@@ -76,9 +98,37 @@ PROPERTY_SETTINGS = {
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
 _LRC_REPLY = "DevVarLongStringArray"
+#: Topic of the value lastEvent has before the engine published anything (seq 0: a client
+#: that follows seq, like the gateway, knows it is no engine event).
+INITIAL_EVENT_TOPIC = "oet.device.started"
 
 
-class OETDevice(ActivityCommands, SkaDevice):
+#: Tango state shown for each procedure state by procedureLeds (Taranta colours DevState).
+PROCEDURE_LEDS = {
+    "UNKNOWN": DevState.UNKNOWN,
+    "IDLE": DevState.INIT,
+    "CREATING": DevState.INIT,
+    "PREP_ENV": DevState.INIT,
+    "LOADING": DevState.INIT,
+    "INITIALISING": DevState.INIT,
+    "READY": DevState.ON,
+    "RUNNING": DevState.RUNNING,
+    "COMPLETE": DevState.ON,
+    "STOPPED": DevState.OFF,
+    "FAILED": DevState.FAULT,
+}
+
+
+class Rejected(Exception):
+    """A well-formed long-running command the engine cannot accept now (REJECTED reply)."""
+
+
+def initial_event(device: str) -> str:
+    """lastEvent before any engine event: a valid event envelope with seq 0."""
+    return Event(INITIAL_EVENT_TOPIC, device, time.time(), 0, {"device": device}).to_json()
+
+
+class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     """Observation Execution Tool of one subarray: prepares, starts, stops and aborts Python
     observing scripts, each in its own process, and publishes everything they announce as
     change events on lastEvent."""
@@ -139,35 +189,55 @@ class OETDevice(ActivityCommands, SkaDevice):
         self._activity_view = ActivityView()
         self._activity_service: ActivityService | None = None
         self._activity_error = ""
-        self._last_event = ""
+        self._last_event = initial_event(self.get_name())
         self._script_message = ""
+        #: ON, OFF or STANDBY as On/Off/Standby set it; the lock makes "may a new script
+        #: start" and the start itself one step, so Off never misses a procedure.
+        self._power = DevState.ON
+        self._power_lock = threading.Lock()
+        self._reset_lock = threading.Lock()
         self._subscription = None
         self._service: ScriptExecutionService | None = None
         self._service_error = ""
-        for name in (*ProcedureView.ATTRIBUTES, "activities", "lastEvent", "scriptMessage"):
+        for name in (
+            *ProcedureView.ATTRIBUTES,
+            "activities",
+            "lastEvent",
+            "scriptMessage",
+            "runningProcedureState",
+            "procedureLeds",
+        ):
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
-        try:
-            self._service = self.create_service()
-            self._subscription = self._service.events.subscribe(self._on_engine_event)
-        except Exception as exc:
-            self._service_error = f"the script engine could not start: {exc}"
-            self.logger.exception("cannot create the script execution service")
-        if self._service is not None:
-            try:
-                self._activity_service = self.create_activity_service(self._service)
-            except Exception as exc:
-                self._activity_error = f"activities are unavailable: {exc}"
-                self.logger.exception("cannot create the activity service")
+        self._build_engine()
         self.submit(self._refresh_procedures)
         self.submit(self._refresh_activities)
         self.logger.info("OETDevice %s ready", self.get_name())
 
-    def delete_device(self) -> None:
+    def _build_engine(self) -> None:
+        """Create the script engine and the activity service (at start-up and on Reset);
+        on failure the device stays in FAULT with the reason in Status."""
+        self._service_error = ""
+        self._activity_error = ""
+        try:
+            service = self.create_service()
+            self._subscription = service.events.subscribe(self._on_engine_event)
+            self._service = service
+        except Exception as exc:
+            self._service_error = f"the script engine could not start: {exc}"
+            self.logger.exception("cannot create the script execution service")
+            return
+        try:
+            self._activity_service = self.create_activity_service(service)
+        except Exception as exc:
+            self._activity_error = f"activities are unavailable: {exc}"
+            self.logger.exception("cannot create the activity service")
+
+    def _close_engine(self) -> None:
         subscription = getattr(self, "_subscription", None)
         if subscription is not None:
+            self._subscription = None
             subscription.close()
-        super().delete_device()
         service = getattr(self, "_service", None)
         if service is not None:
             self._service = None
@@ -176,6 +246,14 @@ class OETDevice(ActivityCommands, SkaDevice):
         if activities is not None:
             self._activity_service = None
             activities.close()
+
+    def delete_device(self) -> None:
+        subscription = getattr(self, "_subscription", None)
+        if subscription is not None:
+            self._subscription = None
+            subscription.close()
+        super().delete_device()
+        self._close_engine()
 
     def engine_settings(self) -> dict[str, Any]:
         """Settings from the device properties that are set (None = leave to the engine)."""
@@ -236,9 +314,22 @@ class OETDevice(ActivityCommands, SkaDevice):
 
     def _refresh_procedures(self) -> None:
         summaries = self._service.summaries() if self._service else []
+        running_before = self._running_state()
         for name, value in self._view.update(summaries):
             self.push(name, value)
+            if name == "procedureStates":
+                self.push("procedureLeds", self._leds())
+        if self._running_state() != running_before:
+            self.push("runningProcedureState", self._running_state())
         self.refresh_condition()
+
+    def _running_state(self) -> ProcedureStateEnum:
+        """State of the procedure of runningProcedureState: the running one, else the newest."""
+        if not self._view.states:
+            return ProcedureStateEnum.NONE
+        if self._view.running_id:
+            return ProcedureStateEnum.RUNNING
+        return ProcedureStateEnum[self._view.states[-1]]
 
     def condition(self) -> tuple[DevState, str, HealthState]:
         if self._service is None or not self._service.healthy:
@@ -249,6 +340,15 @@ class OETDevice(ActivityCommands, SkaDevice):
         if state == DevState.DISABLE:
             return state, status, health
         running = self._view.running_id
+        if self._power == DevState.OFF:
+            return DevState.OFF, "The device is OFF: no script can run until On.", health
+        if self._power == DevState.STANDBY:
+            doing = f"procedure {running} runs to its end" if running else "no procedure runs"
+            return (
+                DevState.STANDBY,
+                f"The device is in STANDBY: no new script starts until On; {doing}.",
+                health,
+            )
         if running:
             return DevState.RUNNING, f"Procedure {running} is running.", health
         return DevState.ON, "The device is ON: no procedure is running.", health
@@ -259,8 +359,16 @@ class OETDevice(ActivityCommands, SkaDevice):
         tango.Except.throw_exception(reason, message, f"{self.get_name()}/{origin}")
         raise AssertionError("unreachable")  # throw_exception always raises
 
-    def _engine(self, origin: str) -> ScriptExecutionService:
-        """The service, if commands are allowed now (raises DevFailed otherwise)."""
+    def _engine(self, origin: str, new_script: bool = False) -> ScriptExecutionService:
+        """The service, if commands are allowed now (raises DevFailed otherwise);
+        ``new_script``: the command starts script work, which OFF and STANDBY refuse (call it
+        holding ``_power_lock``)."""
+        if new_script and self._power != DevState.ON:
+            self._fail(
+                "OET_STATE_CONFLICT",
+                f"{self.get_name()} is {self._power.name} (commandedState); send On to run scripts",
+                origin,
+            )
         if self._admin_mode not in COMMAND_ACCEPTING_ADMIN_MODES:
             self._fail(
                 "OET_DEVICE_OFFLINE",
@@ -277,6 +385,31 @@ class OETDevice(ActivityCommands, SkaDevice):
             return fn(*args, **kwargs)
         except OetError as exc:
             self._fail(exc.code, str(exc), origin)
+
+    def _accept(self, origin: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Ask the engine to accept a long-running command: a bad request is DevFailed
+        (OET_INVALID_REQUEST), any other refusal raises :class:`Rejected`."""
+        try:
+            return fn(*args, **kwargs)
+        except OetError as exc:
+            if exc.code == "OET_INVALID_REQUEST":
+                self._fail(exc.code, str(exc), origin)
+            raise Rejected(f"{exc.code}: {exc}") from exc
+
+    def _lrc_reply(self, origin: str, fn: Callable[..., list[Any]], *args: Any) -> list[Any]:
+        """Run a long-running command's body; a :class:`Rejected` becomes the REJECTED reply."""
+        try:
+            return fn(*args)
+        except Rejected as exc:
+            self.logger.info("%s rejected: %s", origin, exc)
+            return [[int(ResultCode.REJECTED)], [str(exc)]]
+
+    def _finish_now(self, command_id: str, code: ResultCode, message: str) -> list[Any]:
+        """A long-running command with nothing to wait for: started and completed at once."""
+        status = TaskStatus.COMPLETED if code == ResultCode.OK else TaskStatus.FAILED
+        self.submit(self.lrc_started, command_id)
+        self.submit(self.lrc_finish, command_id, status, code, message)
+        return [[int(ResultCode.STARTED)], [command_id]]
 
     def _decode(self, argin: str, origin: str, allowed: set[str]) -> dict[str, Any]:
         text = (argin or "").strip()
@@ -325,12 +458,16 @@ class OETDevice(ActivityCommands, SkaDevice):
     )
     def Prepare(self, argin: str) -> list[Any]:
         """Create a procedure and load its script; it exists (CREATING) when this returns."""
+        return self._lrc_reply("Prepare", self._prepare, argin)
+
+    def _prepare(self, argin: str) -> list[Any]:
         allowed = {"script", "script_uri", "script_type", "git_args", "create_env", "script_args"}
         body = self._decode(argin, "Prepare", allowed)
-        service = self._engine("Prepare")
         command_id = generate_command_id("Prepare")
         request = self._call("Prepare", PrepareRequest.from_dict, body, command_id=command_id)
-        summary = self._call("Prepare", service.prepare, request)
+        with self._power_lock:
+            service = self._engine("Prepare", new_script=True)
+            summary = self._accept("Prepare", service.prepare, request)
         return self._begin(command_id, "Prepare", summary["id"], [])
 
     @command(
@@ -342,8 +479,10 @@ class OETDevice(ActivityCommands, SkaDevice):
     )
     def Start(self, argin: str) -> list[Any]:
         """Run main of a READY procedure."""
+        return self._lrc_reply("Start", self._start, argin)
+
+    def _start(self, argin: str) -> list[Any]:
         body = self._decode(argin, "Start", {"procedure_id", "script_args"})
-        service = self._engine("Start")
         pid = self._procedure_id(body, "Start")
         fn_args = self._call("Start", parse_script_args, body.get("script_args"))
         if "init" in fn_args:
@@ -351,8 +490,10 @@ class OETDevice(ActivityCommands, SkaDevice):
                 "OET_INVALID_REQUEST", "init arguments are given to Prepare, not Start", "Start"
             )
         command_id = generate_command_id("Start")
-        start = self._activity_service.start if self._activity_service else service.start
-        summary = self._call("Start", start, pid, fn_args.get("main"))
+        with self._power_lock:
+            service = self._engine("Start", new_script=True)
+            start = self._activity_service.start if self._activity_service else service.start
+            summary = self._accept("Start", start, pid, fn_args.get("main"))
         return self._begin(command_id, "Start", summary["id"], [])
 
     @command(
@@ -363,6 +504,9 @@ class OETDevice(ActivityCommands, SkaDevice):
     )
     def Stop(self, argin: str) -> list[Any]:
         """Stop a procedure; with run_abort, then run the abort script for this subarray."""
+        return self._lrc_reply("Stop", self._stop_command, argin)
+
+    def _stop_command(self, argin: str) -> list[Any]:
         body = self._decode(argin, "Stop", {"procedure_id", "run_abort"})
         service = self._engine("Stop")
         pid = self._procedure_id(body, "Stop")
@@ -373,17 +517,47 @@ class OETDevice(ActivityCommands, SkaDevice):
 
     @command(
         dtype_out=_LRC_REPLY,
-        doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is STOPPED.",
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the running procedure "
+        "is STOPPED (and the abort script has been started), or when the abort script run "
+        "with nothing to stop has ended; the result lists the summaries concerned.",
     )
     def Abort(self) -> list[Any]:
-        """Stop the running procedure and run the abort script for this subarray."""
-        return self._stop(self._engine("Abort"), "Abort", None, True)
+        """Abort on this subarray, accepted in every state: stop the running procedure and run
+        the abort script (AbortScript) for the subarray. With nothing running the abort script
+        runs alone; with no AbortScript the running procedure is stopped without one."""
+        return self._lrc_reply("Abort", self._abort, "Abort")
+
+    def _abort(self, origin: str) -> list[Any]:
+        command_id = generate_command_id(origin)
+        service = self._service
+        if service is None:
+            self.logger.info("%s: nothing to abort (no script engine)", origin)
+            return self._finish_now(command_id, ResultCode.OK, "[]")
+        # An OFFLINE device may still run a script started before; it runs no new one.
+        enabled = self._admin_mode in COMMAND_ACCEPTING_ADMIN_MODES
+        stopped, abort = self._accept(origin, service.abort, when_idle=enabled)
+        if stopped is not None and abort is not None:
+            return self._begin(command_id, "Stop", stopped["id"], [abort["id"]])
+        if stopped is not None:
+            self.logger.warning(
+                "%s: no AbortScript is configured, so procedure %s is stopped without an "
+                "abort script",
+                origin,
+                stopped["id"],
+            )
+            return self._begin(command_id, "Stop", stopped["id"], [])
+        if abort is not None:
+            self.logger.info("%s: nothing runs; running the abort script alone", origin)
+            return self._begin(command_id, "AbortScript", abort["id"], [])
+        why = "no AbortScript is configured" if enabled else "the device is not ONLINE"
+        self.logger.info("%s: nothing runs and %s: nothing to do", origin, why)
+        return self._finish_now(command_id, ResultCode.OK, "[]")
 
     def _stop(
         self, service: ScriptExecutionService, name: str, pid: int | None, abort: bool
     ) -> list[Any]:
         command_id = generate_command_id(name)
-        summaries = self._call(name, service.stop, pid, run_abort=abort)
+        summaries = self._accept(name, service.stop, pid, run_abort=abort)
         extra = [s["id"] for s in summaries[1:]]
         return self._begin(command_id, "Stop", summaries[0]["id"], extra)
 
@@ -445,6 +619,27 @@ class OETDevice(ActivityCommands, SkaDevice):
     )
     def procedureStates(self) -> list[str]:
         return self._view.states
+
+    @attribute(
+        dtype=ProcedureStateEnum,
+        doc="State of the running procedure, else of the newest one (NONE without any), as "
+        "an enum Taranta can colour.",
+    )
+    def runningProcedureState(self) -> ProcedureStateEnum:
+        return self._running_state()
+
+    @attribute(
+        dtype=("DevState",),
+        max_dim_x=ProcedureView.MAX_LISTED,
+        doc="States of the procedures in the history window (aligned with procedureIds) as "
+        "Tango states, for LED widgets: RUNNING running, ON ready/complete, INIT loading, "
+        "FAULT failed, OFF stopped.",
+    )
+    def procedureLeds(self) -> list[DevState]:
+        return self._leds()
+
+    def _leds(self) -> list[DevState]:
+        return [PROCEDURE_LEDS.get(state, DevState.UNKNOWN) for state in self._view.states]
 
     @attribute(
         dtype=str,

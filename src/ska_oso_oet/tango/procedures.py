@@ -7,7 +7,10 @@ events, in order), and decides when a long-running command is finished:
 * ``Prepare`` when its procedure has been READY (FAILED -> FAILED, STOPPED -> ABORTED);
 * ``Start`` when ``main`` has returned (COMPLETE; FAILED -> FAILED, STOPPED -> ABORTED);
 * ``Stop``/``Abort`` when the stopped procedure has finished, with the summaries of it and of
-  the abort procedure.
+  the abort procedure;
+* ``AbortScript`` (an ``Abort`` with nothing to stop) when the abort procedure has ended, like
+  ``Start`` but with a JSON list, as every ``Abort`` result;
+* ``StopAll`` (``Off``) when every procedure it stopped has finished.
 
 Completion is decided from events the device has already published, so a client always sees
 the ``lastEvent`` that justifies a result before the result itself.
@@ -39,7 +42,7 @@ class _Seen:
 
 @dataclass
 class _Tracked:
-    kind: str  # Prepare, Start or Stop
+    kind: str  # Prepare, Start, Stop, AbortScript or StopAll
     procedure_id: int
     extra: list[int]
 
@@ -180,8 +183,12 @@ class ProcedureView:
     ) -> tuple[TaskStatus, ResultCode, str] | None:
         seen = self._seen.get(tracked.procedure_id, _Seen())
         states = seen.states
-        if tracked.kind == "Stop":
+        if tracked.kind in ("Stop", "StopAll"):
             if not states & FINAL_STATES:
+                return None
+            if tracked.kind == "StopAll" and not all(
+                self._seen.get(pid, _Seen()).states & FINAL_STATES for pid in tracked.extra
+            ):
                 return None
             summaries = [
                 self._summary(pid, lookup) for pid in [tracked.procedure_id, *tracked.extra]
@@ -189,11 +196,9 @@ class ProcedureView:
             return TaskStatus.COMPLETED, ResultCode.OK, dumps([s for s in summaries if s])
         goal = ProcedureState.READY if tracked.kind == "Prepare" else ProcedureState.COMPLETE
         if goal in states:
-            return (
-                TaskStatus.COMPLETED,
-                ResultCode.OK,
-                dumps(self._summary(tracked.procedure_id, lookup)),
-            )
+            summary = self._summary(tracked.procedure_id, lookup)
+            listed = tracked.kind == "AbortScript"
+            return TaskStatus.COMPLETED, ResultCode.OK, dumps([summary] if listed else summary)
         if ProcedureState.FAILED in states:
             summary = self._summary(tracked.procedure_id, lookup) or {}
             stacktrace = (summary.get("history") or {}).get(

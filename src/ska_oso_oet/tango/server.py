@@ -37,16 +37,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the device server until it is told to stop (Ctrl-C, SIGTERM, DServer Kill)."""
     args = [SERVER_NAME, *(sys.argv[1:] if argv is None else argv)]
     os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", EVENT_BUFFER_HWM)
-    configure_process_logging()
+    configure_process_logging(stream=sys.stderr)  # Starter keeps stderr, drops stdout
     warm = _warm_workers_property(args)
     config = config_from_sources({"warm_workers": warm}, os.environ)
-    launcher = WorkerLauncher(config.preload_modules, config.warm_workers, nice=config.worker_nice)
-    runtime.install_launcher(launcher)
+
+    def new_launcher() -> WorkerLauncher:
+        return WorkerLauncher(config.preload_modules, config.warm_workers, nice=config.worker_nice)
+
+    launcher = new_launcher()
+    runtime.install_launcher(launcher, factory=new_launcher)  # factory: for Reset
     try:
         tango.server.run((OETDevice,), args=args)
     finally:
+        current = runtime.shared_launcher()  # a Reset may have replaced the first one
         runtime.install_launcher(None)
         launcher.close()
+        if current is not None and current is not launcher:
+            current.close()
         LOGGER.info("%s stopped", SERVER_NAME)
     return 0
 

@@ -18,6 +18,7 @@ from ..vocabulary import (
     COMMAND_ACCEPTING_ADMIN_MODES,
     AdminMode,
     HealthState,
+    ProcedureState,
     ResultCode,
     TaskStatus,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ControlMode",
     "HealthState",
     "LoggingLevel",
+    "ProcedureStateEnum",
     "ResultCode",
     "SimulationMode",
     "TaskStatus",
@@ -59,6 +61,15 @@ class LoggingLevel(enum.IntEnum):
     WARNING = 3
     INFO = 4
     DEBUG = 5
+
+
+#: A procedure's state as a Tango enum (DevEnum attributes Taranta can show and colour):
+#: NONE = 0 (no procedure), then the engine's states in their lifecycle order. Built from
+#: :class:`~ska_oso_oet.procedure.domain.ProcedureState`, so the two never disagree.
+ProcedureStateEnum = enum.IntEnum(
+    "ProcedureStateEnum",
+    [("NONE", 0), *((state.name, n) for n, state in enumerate(ProcedureState, start=1))],
+)
 
 
 def generate_command_id(command_name: str) -> str:

@@ -171,3 +171,20 @@ def test_run_activity_finds_the_activity_by_its_command_id():
     assert run_with(proxy, lambda c: c.run_activity(body)) == activity
     assert json.loads(proxy.calls[0][1]) == body
     assert proxy.calls[1] == ("GetActivity", "1.0_9_RunActivity")
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("OET_NOT_FOUND: no procedure 9", errors.NOT_FOUND),
+        ("OET_STATE_CONFLICT: procedure 2 is already running", errors.STATE_CONFLICT),
+        ("OET_ENGINE_UNAVAILABLE: worker processes cannot be started", errors.ENGINE_UNAVAILABLE),
+        ("Input queue full", errors.STATE_CONFLICT),  # a REJECTED reply without an OET reason
+    ],
+)
+def test_rejected_replies_keep_the_devices_reason(message: str, code: str):
+    proxy = FakeProxy({"Start": [[5], [message]]})
+    with pytest.raises(GatewayError) as caught:
+        run_with(proxy, lambda c: c.start_procedure(9, None))
+    assert caught.value.code == code
+    assert message.partition(": ")[2] in caught.value.message or message in caught.value.message

@@ -16,7 +16,7 @@ import tango
 
 from ska_oso_oet.tango.ska import ResultCode, TaskStatus
 from tests.support.gitrepos import LocalRepo, build_wheel, make_repo
-from tests.support.lrc_client import LrcClient
+from tests.support.lrc_client import LrcClient, expect_rejected
 from tests.support.tango_events import EventTracer, close_hubs
 from tests.support.tango_server import DeviceServerProcess
 
@@ -259,9 +259,10 @@ class TestFilesystemActivities:
             tracer.wait_for(lambda v: v == "running", "scriptMessage")
             # a second activity cannot start while this one runs: refused, nothing created
             before = decode(device.activities)
-            with pytest.raises(tango.DevFailed) as excinfo:
-                device.RunActivity(json.dumps({"activity_name": "observe", "sbd_id": SBD_ID}))
-            assert reason_of(excinfo) == "OET_STATE_CONFLICT"
+            message = expect_rejected(
+                device, "RunActivity", json.dumps({"activity_name": "observe", "sbd_id": SBD_ID})
+            )
+            assert message.startswith("OET_STATE_CONFLICT: ")
             LrcClient(device).invoke("Stop", "{}")
             final = tracer.wait_for(
                 lambda v: v[0] == command_id and "result" in json.loads(v[1]), "_lrcEvent"
@@ -275,7 +276,6 @@ class TestFilesystemActivities:
     @pytest.mark.parametrize(
         ("argument", "reason"),
         [
-            (run_body(sbd_id="sbd-none"), "OET_NOT_FOUND"),
             (run_body(activity_name="nope"), "OET_INVALID_REQUEST"),
             (json.dumps({"activity_name": "observe"}), "OET_INVALID_REQUEST"),
             ("{not json", "OET_INVALID_REQUEST"),
@@ -296,6 +296,14 @@ class TestFilesystemActivities:
         assert excinfo.value.args[0].desc
         assert device.activities == activities and device.procedures == procedures
         assert len(device.lrcFinished) == finished
+
+    def test_an_unknown_sbd_is_rejected_and_creates_nothing(
+        self, device: tango.DeviceProxy, sbd: dict
+    ) -> None:
+        activities, procedures = device.activities, device.procedures
+        message = expect_rejected(device, "RunActivity", run_body(sbd_id="sbd-none"))
+        assert message.startswith("OET_NOT_FOUND: ") and "sbd-none" in message
+        assert device.activities == activities and device.procedures == procedures
 
     def test_sbd_documents_are_validated_and_read_back(
         self, device: tango.DeviceProxy, sbd: dict

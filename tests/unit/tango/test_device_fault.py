@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import tango
 
+from ska_oso_oet.tango.ska import ResultCode, TaskStatus
+from tests.support.lrc_client import LrcClient
 from tests.support.tango_server import DeviceServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,9 +34,10 @@ def test_engine_failure_is_fault_and_failed_health(broken: tango.DeviceProxy) ->
     assert broken.subarrayId == 7  # from the device name
 
 
-@pytest.mark.parametrize(
-    ("command", "argument"), [("Prepare", '{"script": {}}'), ("Start", "{}"), ("Abort", None)]
-)
+VALID_PREPARE = '{"script": {"script_type": "filesystem", "script_uri": "file:///tmp/x.py"}}'
+
+
+@pytest.mark.parametrize(("command", "argument"), [("Prepare", VALID_PREPARE), ("Start", "{}")])
 def test_commands_are_refused_as_engine_unavailable(
     broken: tango.DeviceProxy, command: str, argument: str | None
 ) -> None:
@@ -42,3 +45,18 @@ def test_commands_are_refused_as_engine_unavailable(
         broken.command_inout(command, *(() if argument is None else (argument,)))
     assert excinfo.value.args[0].reason == "OET_ENGINE_UNAVAILABLE"
     assert "cannot be started" in excinfo.value.args[0].desc
+
+
+def test_abort_is_accepted_and_reset_reports_why_it_cannot_recover(
+    broken: tango.DeviceProxy,
+) -> None:
+    aborted = LrcClient(broken).invoke("Abort")
+    assert aborted.statuses[-1] == TaskStatus.COMPLETED and aborted.result == [ResultCode.OK, "[]"]
+    for command in ("On", "Off", "Standby"):
+        with pytest.raises(tango.DevFailed) as excinfo:
+            broken.command_inout(command)
+        assert excinfo.value.args[0].reason == "API_CommandNotAllowed"
+    reset = LrcClient(broken).invoke("Reset", timeout=60)
+    assert reset.statuses[-1] == TaskStatus.FAILED and reset.result[0] == ResultCode.FAILED
+    assert "cannot be started (test)" in reset.result[1]
+    assert broken.state() == tango.DevState.FAULT
