@@ -31,11 +31,11 @@ from tango import DevState
 from tango.server import command
 
 from ..procedure.errors import OetError
+from ..vocabulary import FINAL_STATES
 from . import runtime
 from .ska import COMMAND_ACCEPTING_ADMIN_MODES, ResultCode, TaskStatus, generate_command_id
 
 _LRC_REPLY = "DevVarLongStringArray"
-_FINAL = {"COMPLETE", "FAILED", "STOPPED"}
 
 
 class SkaCommands:
@@ -104,7 +104,7 @@ class SkaCommands:
         stopped: list[int] = []
         with self._power_lock:  # no Prepare/Start can slip in between
             self._set_power(DevState.OFF)
-            active = [s["id"] for s in service.summaries() if s["state"] not in _FINAL]
+            active = [s["id"] for s in service.summaries() if s["state"] not in FINAL_STATES]
         for pid in active:
             try:
                 service.stop(pid)
