@@ -32,6 +32,8 @@ PROCEDURE_COMPLETE = "procedure.lifecycle.complete"
 USER_SCRIPT_ANNOUNCE = "user.script.announce"
 SCRIPT_LOG = "script.log"
 SCRIPT_STDOUT = "script.stdout"
+#: Progress of a git script's preparation (checkout, environment build), with step times.
+SCRIPT_ENV = "script.env"
 ACTIVITY_PREFIX = "activity.lifecycle."
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import subprocess
+import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -179,3 +181,117 @@ def make_script_repo(path: Path, requirements: str | None = "oettiny==1.0\n") ->
         files["requirements.txt"] = requirements
     repo.commit(files, "initial script")
     return repo
+
+
+# --------------------------------------------------------------------------------------------
+# Repositories built the way SKA's script repositories are: Python projects whose scripts
+# import the project's own package. ``dep`` is the file:// URL (or path) of a dependency
+# wheel made with :func:`build_wheel` (package ``oetdep``).
+
+#: ``scripts/observe.py``: imports the project's package and the dependency at load time (so
+#: a prepared procedure holds its commit's code), prints what it sees when run.
+OBSERVE_SCRIPT = """\
+import os
+import sys
+
+import obsproj
+import oetdep
+
+
+def main(*args, **kwargs):
+    print(f"code={obsproj.CODE} dep={oetdep.VERSION} cwd={os.getcwd()}")
+    print(f"obsproj from {obsproj.__file__}")
+    try:
+        import pubsub  # noqa: F401
+        print("pubsub visible")
+    except ImportError:
+        print("pubsub missing")
+"""
+
+
+def _package(code: str, where: str = "src/obsproj") -> dict[str, str | bytes | None]:
+    return {f"{where}/__init__.py": f'CODE = "{code}"\n', "scripts/observe.py": OBSERVE_SCRIPT}
+
+
+def pep621_files(dep: str, code: str = "v1", layout: str = "src") -> dict[str, str | bytes | None]:
+    """A PEP 621 project (``src`` or ``flat`` layout) depending on the wheel at ``dep``."""
+    pyproject = (
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "obsproj"\nversion = "0.1.0"\ndependencies = ["oetdep @ {dep}"]\n'
+    )
+    where = "src/obsproj" if layout == "src" else "obsproj"
+    return {"pyproject.toml": pyproject, **_package(code, where)}
+
+
+def poetry_files(dep_path: str, code: str = "v1") -> dict[str, str | bytes | None]:
+    """A Poetry project: the wheel as a path dependency, a library inside the repository as
+    a ``develop`` path dependency, and a dev group that must not be installed."""
+    pyproject = f'''\
+[tool.poetry]
+name = "obsproj"
+version = "0.1.0"
+description = "observing scripts"
+authors = ["OET Test <oet-test@example.invalid>"]
+packages = [{{include = "obsproj", from = "src"}}]
+
+[tool.poetry.dependencies]
+python = "^3.10"
+oetdep = {{path = "{dep_path}"}}
+helper = {{path = "libs/helper", develop = true}}
+
+[tool.poetry.group.dev.dependencies]
+nosuchpackage-for-tests = "^1.0"
+
+[build-system]
+requires = ["poetry-core>=2.0"]
+build-backend = "poetry.core.masonry.api"
+'''
+    helper = (
+        '[tool.poetry]\nname = "helper"\nversion = "0.1.0"\ndescription = ""\n'
+        'authors = ["x <x@example.invalid>"]\n\n[tool.poetry.dependencies]\npython = "^3.10"\n'
+    )
+    return {
+        "pyproject.toml": pyproject,
+        "libs/helper/pyproject.toml": helper,
+        "libs/helper/helper/__init__.py": 'NAME = "helper from the repository"\n',
+        **_package(code),
+    }
+
+
+def editable_requirements_files(dep: str, code: str = "v1") -> dict[str, str | bytes | None]:
+    """A flat project whose ``requirements.txt`` says ``-e .`` next to the dependency."""
+    return {
+        "requirements.txt": f"-e .\noetdep @ {dep}\n",
+        "setup.py": "from setuptools import setup\nsetup(name='obsproj', packages=['obsproj'])\n",
+        **_package(code, "obsproj"),
+    }
+
+
+def hanging_server() -> tuple[socket.socket, list[socket.socket], threading.Event]:
+    """A TCP server that accepts connections and never answers (a stuck git server or package
+    index). Close it with :func:`close_hanging_server`."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held, stop
+
+
+def close_hanging_server(
+    server: socket.socket, held: list[socket.socket], stop: threading.Event
+) -> None:
+    stop.set()
+    server.close()
+    for conn in held:
+        conn.close()

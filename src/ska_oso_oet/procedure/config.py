@@ -60,6 +60,21 @@ class OetConfig:
     env_max_bytes: int | None = None
     #: Extra ``pip install`` options for environments, e.g. ``--no-index --find-links /wheels``.
     pip_options: tuple[str, ...] = ()
+    #: Repository of ``git://`` scripts asked for without ``git_repo`` (as the OET CLI
+    #: documentation describes: SKA's ska-oso-scripting).
+    default_git_repo: str = "https://gitlab.com/ska-telescope/oso/ska-oso-scripting"
+    #: Branch used with the default repository when neither branch nor commit is given;
+    #: None: the repository's own default branch (its HEAD).
+    default_git_branch: str | None = None
+    #: Environment builder: "auto" (uv when available, else virtualenv + pip), "uv" or "pip".
+    env_installer: str = "auto"
+    #: True: environments see the OET's own packages (pytango, pypubsub...) behind their own,
+    #: like the reference OET's system site packages; False: isolated environments.
+    env_inherit_packages: bool = True
+    #: Poetry dependency groups installed besides ``main``.
+    env_groups: tuple[str, ...] = ()
+    #: Extras of a repository's project installed into its environment.
+    env_extras: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.history_size < 1:
@@ -68,6 +83,8 @@ class OetConfig:
             raise ValueError("warm_workers must not be negative")
         if self.stop_grace_seconds < 0:
             raise ValueError("stop_grace_seconds must not be negative")
+        if self.env_installer not in ("auto", "uv", "pip"):
+            raise ValueError(f"env_installer must be auto, uv or pip, not {self.env_installer!r}")
 
 
 #: Setting name -> environment variable. Settings are the field names of OetConfig.
@@ -77,6 +94,18 @@ ENVIRONMENT_VARIABLES = {f.name: "OET_" + f.name.upper() for f in fields(OetConf
 def _coerce(name: str, value: Any) -> Any:
     if name == "pip_options":
         return tuple(shlex.split(value) if isinstance(value, str) else (str(v) for v in value))
+    if name in ("env_groups", "env_extras"):
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    if name == "env_inherit_packages":
+        if isinstance(value, str):
+            if value.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"env_inherit_packages must be true or false, not {value!r}")
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if name in ("default_git_repo", "default_git_branch", "env_installer"):
+        return str(value).strip() or None
     if name == "allowed_repositories":
         if isinstance(value, str):
             value = value.replace(",", " ").split()

@@ -160,15 +160,19 @@ def parse_script(data: Any) -> ScriptSpec:
                 f"git script URI must look like git://path/in/repo.py, got {uri!r}"
             )
         git_args = data.get("git_args") or {}
-        if not isinstance(git_args, Mapping) or not git_args.get("git_repo"):
-            raise InvalidRequest("git scripts need git_args.git_repo")
+        if not isinstance(git_args, Mapping):
+            raise InvalidRequest("script.git_args must be an object")
+        repo = git_args.get("git_repo")
+        if repo is not None and not isinstance(repo, str):
+            raise InvalidRequest("git_args.git_repo must be a string")
         create_env = data.get("create_env", False)
         if not isinstance(create_env, bool):
             raise InvalidRequest("script.create_env must be true or false")
         return GitScript(
             uri,
             GitArgs(
-                git_repo=str(git_args["git_repo"]),
+                # Empty: the engine's configured default repository (ska-oso-scripting).
+                git_repo=repo or "",
                 git_branch=git_args.get("git_branch") or None,
                 git_commit=git_args.get("git_commit") or None,
             ),

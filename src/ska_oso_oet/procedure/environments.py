@@ -7,7 +7,16 @@ worker is stdlib-only, so nothing of ours is installed into the environment).
 
 Environments are keyed by a hash of the dependency specification, the base interpreter and the
 configured pip/virtualenv options; **not** by commit, so commits that leave the dependencies
-alone reuse the environment.
+alone reuse the environment. An environment holds **dependencies only**: the repository's own
+code (the project, ``-e .``, local packages) is never installed into it but imported from the
+procedure's own checkout (:attr:`DependencySpec.local_paths`), so that a shared environment can
+never serve one commit's code to another.
+
+Builds use ``uv`` (``uv venv`` + ``uv pip install``) when it is available, else
+``virtualenv`` + ``pip``. By default every environment also sees the OET's own packages
+(pytango, pypubsub, ...) behind its own, through a ``.pth`` file naming the OET's
+site-packages folders, as the reference OET's ``system_site_packages=True`` did; ``inherit=False``
+builds isolated environments.
 
 Layout under ``root``::
 
@@ -28,7 +37,6 @@ build and skips any environment whose lease file is locked, i.e. in use by any p
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -36,7 +44,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -50,11 +57,11 @@ from .dependencies import (
     DependencySpec,
     DependencySpecError,
     EnvironmentFailure,
-    poetry_requirements,
     read_dependency_spec,
     requirements_spec,
 )
 from .filelock import FileLock
+from .runner import run_command, wait_for_lock
 
 __all__ = [
     "DependencySpec",
@@ -66,7 +73,6 @@ __all__ = [
     "EnvironmentInfo",
     "EnvironmentLease",
     "EnvironmentTimeout",
-    "poetry_requirements",
     "read_dependency_spec",
     "requirements_spec",
 ]
@@ -74,7 +80,46 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_BUILD_TIMEOUT = 600.0
+#: Installers: "auto" (uv when available, else pip), "uv" or "pip".
+INSTALLERS = ("auto", "uv", "pip")
+#: Name of the file that makes the OET's packages visible inside an environment.
+INHERIT_PTH = "_oet_inherit.pth"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report of :meth:`EnvironmentCache.acquire`.
+
+    ``step`` is "resolve", "venv", "install" or "ready"; ``line`` is a line printed by the
+    step's command or a summary; ``seconds`` is set on the line that ends a step.
+    """
+
+    step: str
+    line: str
+    seconds: float | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+#: Kept for callers that want lines only: wrap with :func:`lines_only`.
 OutputCallback = Callable[[str], None]
+
+
+def lines_only(callback: OutputCallback) -> ProgressCallback:
+    """A progress callback that passes on just the text of each report."""
+    return lambda progress: callback(progress.line)
+
+
+def find_uv() -> str | None:
+    """The ``uv`` binary: the one of the ``uv`` package installed with the OET, else on PATH."""
+    try:
+        import uv
+
+        found = uv.find_uv_bin()
+        if found and os.access(found, os.X_OK):
+            return str(found)
+    except (ImportError, FileNotFoundError):
+        pass
+    return shutil.which("uv")
 
 
 class EnvironmentBuildFailed(EnvironmentFailure):
@@ -160,6 +205,11 @@ class EnvironmentCache:
     :param build_timeout: seconds one :meth:`acquire` may take, waiting included
     :param max_count: keep at most this many environments (None: no limit)
     :param max_total_bytes: keep at most this much disk in environments (None: no limit)
+    :param installer: "auto" (uv if available, else virtualenv + pip), "uv" or "pip"
+    :param inherit: make the OET's own packages visible behind the environment's (default);
+        False builds isolated environments. Part of the key.
+    :param groups: Poetry dependency groups installed besides ``main``
+    :param extras: extras of the repository's project to install
     """
 
     def __init__(
@@ -172,7 +222,13 @@ class EnvironmentCache:
         build_timeout: float = DEFAULT_BUILD_TIMEOUT,
         max_count: int | None = None,
         max_total_bytes: int | None = None,
+        installer: str = "auto",
+        inherit: bool = True,
+        groups: Sequence[str] = (),
+        extras: Sequence[str] = (),
     ):
+        if installer not in INSTALLERS:
+            raise ValueError(f"installer must be one of {', '.join(INSTALLERS)}, not {installer!r}")
         if build_timeout <= 0:
             raise ValueError("build_timeout must be positive")
         if max_count is not None and max_count < 1:
@@ -184,17 +240,31 @@ class EnvironmentCache:
         self.build_timeout = build_timeout
         self.max_count = max_count
         self.max_total_bytes = max_total_bytes
-        self._identity: tuple[str, str] | None = None
+        self.inherit = inherit
+        self.groups = tuple(groups)
+        self.extras = tuple(extras)
+        uv = find_uv() if installer in ("auto", "uv") else None
+        if installer == "uv" and uv is None:
+            raise ValueError("installer 'uv' was asked for but no uv binary is available")
+        #: The uv binary used for builds, or None for virtualenv + pip.
+        self.uv = uv
+        self._identity: tuple[str, str, tuple[str, ...]] | None = None
+
+    @property
+    def installer(self) -> str:
+        """The installer builds use: "uv" or "pip"."""
+        return "uv" if self.uv else "pip"
 
     # -- public API ---------------------------------------------------------------------------
 
     def key_for(self, spec: DependencySpec) -> str:
         """The environment key of ``spec``: ``<impl><major.minor>-<hash>``."""
-        tag, interpreter = self._interpreter_identity()
+        tag, interpreter, inherited = self._interpreter_identity()
         payload = json.dumps(
             {
-                "format": 1,
+                "format": 2,
                 "interpreter": interpreter,
+                "inherit": list(inherited) if self.inherit else None,
                 "requirements": spec.text,
                 "pip": self.pip_options,
                 "virtualenv": self.virtualenv_options,
@@ -206,18 +276,19 @@ class EnvironmentCache:
     def acquire(
         self,
         spec: DependencySpec,
-        on_output: OutputCallback | None = None,
+        on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> EnvironmentLease:
         """A leased environment for ``spec``: reused when it exists, else built now.
 
         Blocks until the environment is ready; concurrent callers (threads or processes) for
-        the same key wait for one build. ``on_output`` receives every line virtualenv and pip
-        print, as they print it (keep it quick; it runs in the calling thread). Setting
-        ``cancel`` aborts a wait or a build.
+        the same key wait for one build. ``on_progress`` receives a :class:`Progress` for
+        every line the build commands print, as they print it, and one closing each step with
+        the time it took (keep it quick; it runs in the calling thread). Setting ``cancel``
+        aborts a wait or a build within a fraction of a second.
 
         :raises EnvironmentBuildFailed, EnvironmentTimeout, EnvironmentCancelled,
-            DependencySpecError: with a readable message (pip's error lines included)
+            DependencySpecError: with a readable message (the installer's error lines included)
         """
         key = self.key_for(spec)
         requested = time.time()
@@ -225,34 +296,47 @@ class EnvironmentCache:
         deadline = started + self.build_timeout
         lease = self._lease(key, started, built=False)
         if lease:
+            _emit(on_progress, Progress("resolve", f"reusing environment {key}", lease.seconds))
             return lease
         build_lock = FileLock(self._state(key, "lock"))
         self._wait_for(build_lock, key, deadline, cancel)
         try:
             lease = self._lease(key, started, built=False)
             if lease:
+                _emit(
+                    on_progress,
+                    Progress(
+                        "resolve", f"reusing environment {key} (built meanwhile)", lease.seconds
+                    ),
+                )
                 return lease
             self._raise_recent_failure(key, requested)
-            self._build(key, spec, _Run(key, self.build_timeout, deadline, on_output, cancel))
+            self._build(key, spec, _Run(key, self.build_timeout, deadline, on_progress, cancel))
             lease = self._lease(key, started, built=True)
             if lease is None:  # pragma: no cover - we hold the build lock; nobody can evict
                 raise EnvironmentFailure(f"environment {key} vanished right after its build")
         finally:
             build_lock.release()
+        _emit(on_progress, Progress("ready", f"environment {key} ready", lease.seconds))
         try:
             self.evict()
         except Exception:  # eviction is housekeeping: never fail a prepare for it
             LOGGER.exception("environment eviction failed")
         return lease
 
+    def spec_for_checkout(self, root: Path) -> DependencySpec:
+        """The dependency specification of the checkout at ``root`` (configured groups and
+        extras applied)."""
+        return read_dependency_spec(root, self.groups, self.extras)
+
     def acquire_for_checkout(
         self,
         root: Path,
-        on_output: OutputCallback | None = None,
+        on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> EnvironmentLease:
         """:meth:`acquire` with the dependency specification of the checkout at ``root``."""
-        return self.acquire(read_dependency_spec(root), on_output, cancel)
+        return self.acquire(self.spec_for_checkout(root), on_progress, cancel)
 
     def environments(self) -> list[EnvironmentInfo]:
         """Every published environment, least recently used first."""
@@ -331,14 +415,14 @@ class EnvironmentCache:
     def _wait_for(
         self, lock: FileLock, key: str, deadline: float, cancel: threading.Event | None
     ) -> None:
-        while not lock.acquire(timeout=min(max(deadline - time.monotonic(), 0.0), 0.5)):
-            if cancel is not None and cancel.is_set():
-                raise EnvironmentCancelled(f"cancelled while waiting for environment {key}")
-            if time.monotonic() >= deadline:
-                raise EnvironmentTimeout(
-                    f"timed out after {self.build_timeout:g} s waiting for another build of "
-                    f"environment {key}"
-                )
+        outcome = wait_for_lock(lock, deadline, cancel)
+        if outcome == "cancelled":
+            raise EnvironmentCancelled(f"cancelled while waiting for environment {key}")
+        if outcome == "timeout":
+            raise EnvironmentTimeout(
+                f"timed out after {self.build_timeout:g} s waiting for another build of "
+                f"environment {key}"
+            )
 
     def _raise_recent_failure(self, key: str, requested: float) -> None:
         """Fail like the build we waited for, rather than repeat it at once."""
@@ -361,17 +445,32 @@ class EnvironmentCache:
         self._remove_builds(key)
         build = self.root / "builds" / f"{key}.{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
-        venv = [sys.executable, "-m", "virtualenv", "--no-periodic-update", "--app-data"]
-        venv += [str(self.root / "app-data"), "--python", self.python, *self.virtualenv_options]
         try:
-            run.step("virtualenv", [*venv, str(build)], None)
+            if self.uv:
+                run.env.update(
+                    UV_CACHE_DIR=str(self.root / "uv-cache"),
+                    UV_PYTHON_DOWNLOADS="never",
+                    UV_NO_PROGRESS="1",
+                )
+                venv = [self.uv, "venv", "--no-project", "--python", self.python]
+                run.step("venv", [*venv, *self.virtualenv_options, str(build)], None)
+            else:
+                venv = [sys.executable, "-m", "virtualenv", "--no-periodic-update", "--app-data"]
+                venv += [str(self.root / "app-data"), "--python", self.python]
+                run.step("venv", [*venv, *self.virtualenv_options, str(build)], None)
             if not spec.is_empty:
-                requirements = spec.source
-                if requirements is None:
-                    requirements = build / "oet-requirements.txt"
-                    requirements.write_text("\n".join(spec.requirements) + "\n")
-                pip = [str(build / "bin" / "python"), "-m", "pip", "install", *self.pip_options]
-                run.step("pip install", [*pip, "-r", str(requirements)], spec.base_dir)
+                requirements = build / "oet-requirements.txt"
+                requirements.write_text("\n".join([*spec.options, *spec.requirements]) + "\n")
+                python = str(build / "bin" / "python")
+                if self.uv:
+                    install = [self.uv, "pip", "install", "--python", python]
+                else:
+                    install = [python, "-m", "pip", "install"]
+                run.step(
+                    "install", [*install, *self.pip_options, "-r", str(requirements)], spec.base_dir
+                )
+            if self.inherit:
+                self._inherit(build)
             seconds = time.monotonic() - started
             metadata = {
                 "key": key,
@@ -379,6 +478,8 @@ class EnvironmentCache:
                 "requirements": spec.text,
                 "python": self.python,
                 "pip_options": list(self.pip_options),
+                "installer": self.installer,
+                "inherit": self.inherit,
                 "created": time.time(),
                 "build_seconds": round(seconds, 3),
                 "size_bytes": _tree_size(build),
@@ -394,7 +495,16 @@ class EnvironmentCache:
                 _atomic_write(self._state(key, "failed"), json.dumps(record))
             raise
         self._state(key, "failed").unlink(missing_ok=True)
-        LOGGER.info("built environment %s for %s in %.1f s", key, spec.describe(), seconds)
+        LOGGER.info(
+            "built environment %s for %s with %s in %.1f s",
+            key, spec.describe(), self.installer, seconds,
+        )  # fmt: skip
+
+    def _inherit(self, build: Path) -> None:
+        """Make the OET's packages visible behind the environment's own (a ``.pth`` file)."""
+        _tag, _interpreter, inherited = self._interpreter_identity()
+        for site_dir in build.glob("lib/*/site-packages"):
+            (site_dir / INHERIT_PTH).write_text("".join(f"{d}\n" for d in inherited))
 
     # -- eviction -----------------------------------------------------------------------------
 
@@ -449,19 +559,32 @@ class EnvironmentCache:
         except (OSError, ValueError):
             return {}
 
-    def _interpreter_identity(self) -> tuple[str, str]:
-        """(``py3.11``-style tag, tag plus the real path of the base interpreter), asked once."""
+    def _interpreter_identity(self) -> tuple[str, str, tuple[str, ...]]:
+        """(``py3.11``-style tag, tag plus the real path of the base interpreter, the
+        interpreter's site-packages folders), asked once."""
         if self._identity is None:
             code = (
-                "import platform,sys;print(platform.python_implementation(),*sys.version_info[:2])"
+                "import json,platform,sys;print(json.dumps([platform.python_implementation(),"
+                "*sys.version_info[:2],[p for p in sys.path if p.endswith(('site-packages',"
+                "'dist-packages'))]]))"
             )
             try:
                 out = subprocess.run([self.python, "-c", code], capture_output=True, timeout=60)
-                impl, major, minor = out.stdout.decode().split()
+                impl, major, minor, sites = json.loads(out.stdout.decode())
             except (OSError, ValueError, subprocess.SubprocessError):
                 raise EnvironmentFailure(f"cannot run Python interpreter {self.python}") from None
             tag = f"{'py' if impl == 'CPython' else impl.lower()}{major}.{minor}"
-            self._identity = (tag, f"{tag}:{os.path.realpath(self.python)}")
+            inherited = [os.path.realpath(p) for p in sites if os.path.isdir(p)]
+            # The helper module scripts import (ska_oso_oet.script) lives with this package,
+            # which an editable install keeps outside site-packages.
+            ours = str(Path(__file__).resolve().parents[2])
+            if os.path.realpath(self.python) == os.path.realpath(sys.executable):
+                inherited.append(ours)
+            self._identity = (
+                tag,
+                f"{tag}:{os.path.realpath(self.python)}",
+                tuple(dict.fromkeys(inherited)),
+            )
         return self._identity
 
 
@@ -472,73 +595,38 @@ class _Run:
     key: str
     timeout: float
     deadline: float
-    on_output: OutputCallback | None
+    on_progress: ProgressCallback | None
     cancel: threading.Event | None
     env: dict[str, str] = field(default_factory=lambda: _subprocess_env())
 
     def step(self, what: str, argv: list[str], cwd: Path | None) -> None:
         """Run one step; its process group is killed on timeout or cancel."""
-        _emit(self.on_output, "$ " + " ".join(argv))
-        proc = subprocess.Popen(
+        _emit(self.on_progress, Progress(what, "$ " + " ".join(argv)))
+        done = run_command(
             argv,
+            deadline=self.deadline,
+            cancel=self.cancel,
             cwd=cwd,
             env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
+            on_line=lambda line: _emit(self.on_progress, Progress(what, line)),
         )
-        finished = threading.Event()
-        stopped: list[str] = []
-
-        def watchdog() -> None:
-            # Without a cancel event this is one wait; with one, it looks every 0.1 s.
-            poll = 0.1 if self.cancel is not None else None
-            while True:
-                remaining = max(self.deadline - time.monotonic(), 0.0)
-                if finished.wait(remaining if poll is None else min(remaining, poll)):
-                    return
-                if self.cancel is not None and self.cancel.is_set():
-                    stopped.append("cancelled")
-                elif time.monotonic() >= self.deadline:
-                    stopped.append("timeout")
-                else:
-                    continue
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                return
-
-        guard = threading.Thread(target=watchdog, name=f"env-build-{self.key}", daemon=True)
-        guard.start()
-        tail: collections.deque[str] = collections.deque(maxlen=60)
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                tail.append(raw.rstrip("\r\n"))
-                _emit(self.on_output, tail[-1])
-            status = proc.wait()
-        finally:
-            finished.set()
-            guard.join()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
         where = f"building environment {self.key}"
-        if stopped == ["cancelled"]:
+        if done.stopped == "cancelled":
             raise EnvironmentCancelled(f"{what} cancelled while {where}")
-        if stopped:
+        if done.stopped:
             raise EnvironmentTimeout(f"{what} timed out after {self.timeout:g} s {where}")
-        if status != 0:
-            errors = [ln for ln in tail if re.match(r"^\s*(ERROR|error|fatal|RuntimeError)", ln)]
-            shown = "\n".join(errors or list(tail)[-15:])
+        if done.status != 0:
+            tail = done.tail
+            errors = [
+                ln
+                for ln in tail
+                if re.match(r"^\s*(ERROR|error|fatal|RuntimeError|cause:|\u00d7|help:)", ln)
+            ]
+            shown = "\n".join(errors or tail[-15:])
             raise EnvironmentBuildFailed(
-                f"{what} failed (exit status {status}) {where}:\n{shown}", list(tail)
+                f"{what} failed (exit status {done.status}) {where}:\n{shown}", tail
             )
+        _emit(self.on_progress, Progress(what, f"{what} took {done.seconds:.2f} s", done.seconds))
 
 
 def _resolve_interpreter(python: str | Path | None) -> str:
@@ -566,11 +654,11 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def _emit(on_output: OutputCallback | None, line: str) -> None:
-    if on_output is None:
+def _emit(on_progress: ProgressCallback | None, progress: Progress) -> None:
+    if on_progress is None:
         return
     try:
-        on_output(line)
+        on_progress(progress)
     except Exception:  # a broken listener must not break the build
         LOGGER.exception("environment output callback failed")
 

@@ -27,6 +27,11 @@ abbreviated SHA or an old commit) the full history of branches and tags.
 
 Repositories must match an allow-list of URL patterns (``fnmatch`` style, ``*`` also matches
 ``/``); anything else raises :class:`RepositoryNotAllowed` before any network access.
+
+Cancellation: :meth:`GitCache.checkout` takes a ``cancel`` event; setting it (a stop, or the
+engine shutting down) kills the git command in progress, process group and all, within
+:data:`~.runner.CANCEL_POLL` seconds, stops any wait for another preparation's lock, and
+raises :class:`GitCancelled`. Nothing half-written stays behind (trees appear by rename only).
 """
 
 from __future__ import annotations
@@ -39,18 +44,17 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from git.cmd import Git
-from git.exc import GitCommandError, GitCommandNotFound
-
 from .domain import GitArgs, GitScript
 from .errors import InvalidRequest, OetError
 from .filelock import FileLock
+from .runner import run_command, wait_for_lock
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,6 +95,10 @@ class ScriptNotFound(GitError):
 
 class GitTimeout(GitError):
     """Cloning or fetching took longer than the configured timeout."""
+
+
+class GitCancelled(GitError):
+    """The caller cancelled the checkout (the procedure was stopped, the engine shut down)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +305,8 @@ class GitCache:
         self.allowed_repos = tuple(_normalise_pattern(p) for p in allowed_repos if p.strip())
         self.timeout = timeout
         self.shallow = shallow
-        self._env = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
+        self.executable = shutil.which("git") or "git"
+        self._env = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "LC_ALL": "C"}
         if "GIT_SSH_COMMAND" not in os.environ:
             self._env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
 
@@ -319,18 +328,24 @@ class GitCache:
             )
         return url
 
-    def checkout(self, git_args: GitArgs, script: str | None = None) -> Checkout:
+    def checkout(
+        self,
+        git_args: GitArgs,
+        script: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Checkout:
         """Make the tree of ``git_args`` available and return where it is.
 
         ``git_commit`` (full or at least 7 hex digits) wins over ``git_branch``; with neither,
         the repository's default branch is used. When ``script`` (a path relative to the
-        repository root) is given it must be a file in that commit.
+        repository root) is given it must be a file in that commit. Setting ``cancel`` ends
+        the work at once with :class:`GitCancelled`.
 
         :raises RepositoryNotAllowed, RepositoryUnreachable, UnknownRevision, ScriptNotFound,
-            GitTimeout: each with a message fit for the procedure's FAILED reason
+            GitTimeout, GitCancelled: each with a message fit for the procedure's FAILED reason
         """
         url = self.check_allowed(git_args.git_repo)
-        deadline = time.monotonic() + self.timeout
+        deadline = _Deadline(time.monotonic() + self.timeout, cancel)
         repo_dir = self.cache_dir / _repo_dir_name(url)
         branch: str | None = None
         commit = (git_args.git_commit or "").strip().lower() or None
@@ -349,7 +364,11 @@ class GitCache:
                 LOGGER.debug("git cache hit for %s at %s", url, commit)
                 return self._result(url, commit, final, branch, script, reused=True)
         lock = FileLock(repo_dir / "lock")
-        if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        (repo_dir).mkdir(parents=True, exist_ok=True)
+        outcome = wait_for_lock(lock, deadline.at, cancel)
+        if outcome == "cancelled":
+            raise GitCancelled(f"cancelled while waiting for another preparation of {url}")
+        if outcome == "timeout":
             raise GitTimeout(
                 f"timed out after {self.timeout:g} s waiting for another preparation of {url}"
             )
@@ -364,9 +383,9 @@ class GitCache:
             lock.release()
         return self._result(url, full, final, branch, script, reused=reused)
 
-    def checkout_script(self, script: GitScript) -> Checkout:
+    def checkout_script(self, script: GitScript, cancel: threading.Event | None = None) -> Checkout:
         """:meth:`checkout` for a ``git://`` script specification."""
-        return self.checkout(script.git_args, script.path)
+        return self.checkout(script.git_args, script.path, cancel)
 
     def resolve(self, git_args: GitArgs) -> str:
         """The full SHA a branch (or the default branch) points at now; no download.
@@ -375,7 +394,7 @@ class GitCache:
         :meth:`checkout`).
         """
         url = self.check_allowed(git_args.git_repo)
-        deadline = time.monotonic() + self.timeout
+        deadline = _Deadline(time.monotonic() + self.timeout, None)
         if git_args.git_commit and _FULL_SHA.match(git_args.git_commit.lower()):
             return git_args.git_commit.lower()
         if git_args.git_commit:
@@ -388,40 +407,38 @@ class GitCache:
     def _git(
         self,
         *args: str,
-        deadline: float,
+        deadline: _Deadline,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         url: str = "",
     ) -> str:
         """Run one git command with what is left of the deadline; return its stdout.
 
-        Raises :class:`GitTimeout` when killed by the deadline and :class:`_GitFailed`
-        (carrying git's stderr) when git fails.
+        Raises :class:`GitTimeout` when killed by the deadline, :class:`GitCancelled` when
+        cancelled and :class:`_GitFailed` (carrying git's stderr) when git fails.
         """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise GitTimeout(f"git timed out after {self.timeout:g} s on {url or 'the cache'}")
-        command = [Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args]
+        where = url or "the cache"
         try:
-            return Git(str(cwd) if cwd else None).execute(
-                command,
-                kill_after_timeout=remaining,
-                env={**self._env, **(env or {})},
-                strip_newline_in_stdout=True,
+            done = run_command(
+                [self.executable, *args],
+                deadline=deadline.at,
+                cancel=deadline.cancel,
+                cwd=cwd,
+                env={**os.environ, **self._env, **(env or {})},
+                capture=True,
             )
-        except GitCommandNotFound as exc:
+        except FileNotFoundError as exc:
             raise GitError(f"the git executable is not available: {exc}") from None
-        except GitCommandError as exc:
-            stderr = _stderr_text(exc)
-            if stderr.startswith("Timeout:") or time.monotonic() >= deadline:
-                raise GitTimeout(
-                    f"git timed out after {self.timeout:g} s on {url or 'the cache'} "
-                    f"(git {args[0]})"
-                ) from None
-            raise _GitFailed(stderr) from None
+        if done.stopped == "cancelled":
+            raise GitCancelled(f"git {args[0]} cancelled on {where}")
+        if done.stopped == "timeout":
+            raise GitTimeout(f"git timed out after {self.timeout:g} s on {where} (git {args[0]})")
+        if done.status != 0:
+            raise _GitFailed("\n".join(done.tail))
+        return done.stdout.rstrip("\n")
 
     def _ls_remote(
-        self, url: str, *patterns: str, deadline: float, options: tuple[str, ...] = ()
+        self, url: str, *patterns: str, deadline: _Deadline, options: tuple[str, ...] = ()
     ) -> list[tuple[str, str]]:
         try:
             out = self._git("ls-remote", *options, url, *patterns, deadline=deadline, url=url)
@@ -433,13 +450,13 @@ class GitCache:
             rows.append((left.strip(), right.strip()))
         return rows
 
-    def _default_branch(self, url: str, deadline: float) -> str:
+    def _default_branch(self, url: str, deadline: _Deadline) -> str:
         for left, right in self._ls_remote(url, "HEAD", options=("--symref",), deadline=deadline):
             if left.startswith("ref:") and right == "HEAD":
                 return left.removeprefix("ref:").strip().removeprefix("refs/heads/")
         raise UnknownRevision(f"repository {url} has no default branch (is it empty?)")
 
-    def _resolve_ref(self, url: str, branch: str, deadline: float) -> str:
+    def _resolve_ref(self, url: str, branch: str, deadline: _Deadline) -> str:
         if branch.startswith("-") or branch.startswith("refs/"):
             raise UnknownRevision(f"git_branch {branch!r} is not a branch name")
         try:
@@ -463,7 +480,7 @@ class GitCache:
 
     # -- store and checkouts (called under the repository lock) ------------------------------
 
-    def _ensure_store(self, repo_dir: Path, deadline: float) -> Path:
+    def _ensure_store(self, repo_dir: Path, deadline: _Deadline) -> Path:
         store = repo_dir / "store.git"
         tmp_root = repo_dir / "tmp"
         # Leftovers of a crashed writer: nobody else writes here while we hold the lock.
@@ -480,7 +497,7 @@ class GitCache:
         os.rename(tmp, store)
         return store
 
-    def _has_commit(self, store: Path, rev: str, deadline: float) -> str | None:
+    def _has_commit(self, store: Path, rev: str, deadline: _Deadline) -> str | None:
         """Full SHA of commit ``rev`` if the store has it; an ambiguous prefix raises."""
         try:
             out = self._git(
@@ -494,7 +511,7 @@ class GitCache:
             return None
         return out.strip() or None
 
-    def _fetch(self, store: Path, url: str, *refspecs: str, depth: int | None, deadline: float):
+    def _fetch(self, store: Path, url: str, *refspecs: str, depth: int | None, deadline: _Deadline):
         args = ["fetch", "--quiet", "--no-tags"]
         if depth is not None:
             args.append(f"--depth={depth}")
@@ -503,7 +520,7 @@ class GitCache:
         self._git(*args, url, *refspecs, cwd=store, deadline=deadline, url=url)
 
     def _ensure_commit(
-        self, store: Path, url: str, commit: str, branch: str | None, deadline: float
+        self, store: Path, url: str, commit: str, branch: str | None, deadline: _Deadline
     ) -> str:
         """Fetch as little as possible so that ``commit`` is in the store; return its full SHA."""
         found = self._has_commit(store, commit, deadline)
@@ -536,7 +553,7 @@ class GitCache:
         raise UnknownRevision(f"commit {commit!r} not found in repository {url}")
 
     def _materialise(
-        self, store: Path, repo_dir: Path, commit: str, final: Path, deadline: float
+        self, store: Path, repo_dir: Path, commit: str, final: Path, deadline: _Deadline
     ) -> None:
         """Write the tree of ``commit`` into a temporary folder, then rename it into place."""
         tmp = Path(tempfile.mkdtemp(prefix=f"{commit}.", dir=repo_dir / "tmp"))
@@ -602,7 +619,9 @@ class _GitFailed(Exception):
         return " / ".join(key)[:500] or "git failed without a message"
 
 
-def _stderr_text(exc: GitCommandError) -> str:
-    raw = exc.stderr or ""
-    match = re.search(r"stderr: '(.*)'\s*$", raw, flags=re.DOTALL)
-    return (match.group(1) if match else raw).strip()
+@dataclass(frozen=True)
+class _Deadline:
+    """When one checkout's git work must end (``time.monotonic()``), and its cancel event."""
+
+    at: float
+    cancel: threading.Event | None

@@ -18,9 +18,10 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -28,15 +29,17 @@ import psutil
 from .. import events as topics
 from ..events import EventBus
 from .config import OetConfig
+from .dependencies import DependencySpecError, import_roots
 from .domain import (
     FileSystemScript,
     FunctionArgs,
+    GitArgs,
     GitScript,
     PrepareRequest,
     Procedure,
     ProcedureState,
 )
-from .environments import EnvironmentCache, EnvironmentLease
+from .environments import EnvironmentCache, EnvironmentLease, Progress
 from .errors import EngineUnavailable, InvalidRequest, OetError, ProcedureNotFound, StateConflict
 from .git import GitCache
 from .launcher import WorkerConnection, WorkerLauncher
@@ -65,7 +68,8 @@ class _Run:
     worker: WorkerConnection | None = None
     worker_started: float | None = None
     stop_requested: bool = False
-    #: Set on stop, so that a clone or environment build in progress gives up.
+    #: Set on stop (and at shutdown), so that a clone or environment build in progress gives
+    #: up at once: it is handed to GitCache.checkout and EnvironmentCache.acquire.
     cancel: threading.Event = field(default_factory=threading.Event)
     lease: EnvironmentLease | None = None
     has_main: bool = False
@@ -136,6 +140,7 @@ class ScriptExecutionService:
     # -- commands --------------------------------------------------------------------------
     def prepare(self, request: PrepareRequest) -> dict[str, Any]:
         """Create a procedure (CREATING) and load it in the background."""
+        request = self._with_default_repository(request)
         self._check_source(request.script)
         return self._create(request)
 
@@ -239,6 +244,7 @@ class ScriptExecutionService:
             active = [r for r in self._runs.values() if not r.state.is_final]
             for run in active:
                 run.stop_requested = True
+                run.cancel.set()  # a clone or environment build in progress ends now
         for run in active:
             if run.worker is not None:
                 self._terminate(run, run.worker, grace=min(self.config.stop_grace_seconds, 1.0))
@@ -270,7 +276,7 @@ class ScriptExecutionService:
         worker = None
         try:
             self._transition(run, State.IDLE)
-            path, python = self._materialise(run)
+            path, python, extras = self._materialise(run)
             with self._lock:
                 if run.stop_requested:
                     self._transition(run, State.STOPPED)
@@ -286,7 +292,7 @@ class ScriptExecutionService:
             if stopping:
                 worker.signal_group(signal.SIGKILL)
             else:
-                worker.send({"cmd": "load", "path": path})
+                worker.send({"cmd": "load", "path": path, **extras})
             self._pump(run, worker)
         except OetError as exc:  # an expected failure (git, environment): its message says why
             with self._lock:
@@ -482,30 +488,70 @@ class ScriptExecutionService:
                 f"({', '.join(str(r) for r in self.config.script_roots)})"
             )
 
-    def _materialise(self, run: _Run) -> tuple[str, str | None]:
-        """The script's local path and the interpreter to run it with (None: the default).
-        For a git script: check out its commit and, with ``create_env``, lease its
-        environment (PREP_ENV)."""
+    def _with_default_repository(self, request: PrepareRequest) -> PrepareRequest:
+        """A git script asked for without ``git_repo`` comes from the configured default
+        repository (and branch), recorded in the request so the summary says which."""
+        script = request.script
+        if not isinstance(script, GitScript) or script.git_args.git_repo:
+            return request
+        if not self.config.default_git_repo:
+            raise InvalidRequest("git scripts need git_args.git_repo (no default is configured)")
+        args = script.git_args
+        branch = args.git_branch
+        if branch is None and args.git_commit is None:
+            branch = self.config.default_git_branch
+        git_args = GitArgs(self.config.default_git_repo, branch, args.git_commit)
+        return replace(request, script=replace(script, git_args=git_args))
+
+    def _materialise(self, run: _Run) -> tuple[str, str | None, dict[str, Any]]:
+        """The script's local path, the interpreter to run it with (None: the default) and
+        what else the worker's ``load`` needs. For a git script: check out its commit and,
+        with ``create_env``, lease the environment of its dependencies (PREP_ENV); the
+        repository's own code is imported from this commit's checkout, placed in front of
+        the environment for this procedure only, and the checkout is the working folder."""
         script = run.procedure.script
         if isinstance(script, FileSystemScript):
-            return os.path.realpath(script.path), None
-        checkout = self._git.checkout_script(script)
+            return os.path.realpath(script.path), None, {}
+
+        def progress(report: Progress) -> None:
+            payload: dict[str, Any] = {"step": report.step, "line": report.line}
+            if report.seconds is not None:
+                payload["seconds"] = round(report.seconds, 3)
+            self._publish(topics.SCRIPT_ENV, run.id, **payload)
+
+        started = time.monotonic()
+        checkout = self._git.checkout_script(script, run.cancel)
+        how = "cached" if checkout.reused else "checked out"
+        progress(
+            Progress(
+                "checkout",
+                f"{how} {checkout.repo} at {checkout.commit}",
+                time.monotonic() - started,
+            )
+        )
         with self._lock:
             run.procedure.details["git_commit_used"] = checkout.commit
             self._persist(run)
-            if not script.create_env or run.stop_requested:
-                return str(checkout.script), None
-            self._transition(run, State.PREP_ENV)
-
-        def forward(line: str) -> None:
-            self._publish(topics.SCRIPT_STDOUT, run.id, stream="prep_env", line=line)
-
-        run.lease = self._environments.acquire_for_checkout(checkout.path, forward, run.cancel)
+            if run.stop_requested:
+                return str(checkout.script), None, {}
+            if script.create_env:
+                self._transition(run, State.PREP_ENV)
+        try:
+            spec = self._environments.spec_for_checkout(checkout.path)
+        except DependencySpecError:
+            if script.create_env:
+                raise
+            spec = None  # the environment is the OET's: only the code's location matters
+        local = list(spec.local_paths) if spec else import_roots(checkout.path)
+        extras = {"cwd": str(checkout.path), "sys_path": [str(p) for p in local]}
+        if not script.create_env:
+            return str(checkout.script), None, extras
+        run.lease = self._environments.acquire(spec, progress, run.cancel)
         with self._lock:
             run.procedure.details["environment"] = run.lease.key
             if not run.stop_requested:
                 self._transition(run, State.IDLE)
-        return str(checkout.script), str(run.lease.python)
+        return str(checkout.script), str(run.lease.python), extras
 
     @functools.cached_property
     def _git(self) -> GitCache:
@@ -521,6 +567,10 @@ class ScriptExecutionService:
             build_timeout=config.env_build_timeout,
             max_count=config.env_max_count,
             max_total_bytes=config.env_max_bytes,
+            installer=config.env_installer,
+            inherit=config.env_inherit_packages,
+            groups=config.env_groups,
+            extras=config.env_extras,
         )
 
     def _recover(self) -> None:

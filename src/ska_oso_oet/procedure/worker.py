@@ -161,7 +161,18 @@ def _install_pubsub_forwarder() -> None:
     pub.subscribe(forward, pub.ALL_TOPICS)
 
 
-def _load(path: str) -> tuple[Any, dict[str, Any]]:
+def _load(
+    path: str, sys_path: list[str] | None = None, cwd: str | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Import the script. ``sys_path`` (a git script's own code, in its checkout) goes in
+    front of everything else, for this process and the Python processes it starts;
+    ``cwd`` becomes the working folder (a git script's checkout)."""
+    if cwd:
+        os.chdir(cwd)
+    if sys_path:
+        sys.path[:0] = [p for p in sys_path if p not in sys.path]
+        inherited = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join([*sys_path, *([inherited] if inherited else [])])
     if not os.path.exists(path):
         raise FileNotFoundError(f"script file not found: {path}")
     if os.path.isdir(path):
@@ -220,7 +231,7 @@ def serve(channel: socket.socket) -> None:
         cmd = request.get("cmd")
         try:
             if cmd == "load":
-                module, facts = _load(request["path"])
+                module, facts = _load(request["path"], request.get("sys_path"), request.get("cwd"))
                 send({"msg": "done", "cmd": "load", **facts})
             elif cmd == "call":
                 if module is None:

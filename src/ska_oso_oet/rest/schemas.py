@@ -27,7 +27,8 @@ class GitArgs(BaseModel):
     """Where a ``git://`` script comes from; ``git_commit`` wins over ``git_branch``."""
 
     model_config = ConfigDict(extra="forbid")
-    git_repo: str
+    #: None: the engine's default repository (ska-oso-scripting unless configured).
+    git_repo: str | None = None
     git_branch: str | None = None
     git_commit: str | None = None
 

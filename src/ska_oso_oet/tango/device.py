@@ -93,6 +93,12 @@ PROPERTY_SETTINGS = {
     "EnvMaxCount": "env_max_count",
     "EnvMaxBytes": "env_max_bytes",
     "PipOptions": "pip_options",
+    "DefaultGitRepo": "default_git_repo",
+    "DefaultGitBranch": "default_git_branch",
+    "EnvInstaller": "env_installer",
+    "EnvInheritPackages": "env_inherit_packages",
+    "EnvGroups": "env_groups",
+    "EnvExtras": "env_extras",
 }
 
 #: Event backlog above which the device reports DEGRADED health.
@@ -180,6 +186,27 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         dtype="DevVarStringArray",
         doc="Extra pip install options for script environments, split shell-style, "
         "e.g. --no-index --find-links /srv/wheels.",
+    )
+    DefaultGitRepo = device_property(
+        dtype="str",
+        doc="Repository of git:// scripts created without git_repo (ska-oso-scripting).",
+    )
+    DefaultGitBranch = device_property(
+        dtype="str", doc="Branch used with DefaultGitRepo (default: the repository's HEAD)."
+    )
+    EnvInstaller = device_property(
+        dtype="str", doc="Script environment builder: auto (uv, else pip), uv or pip."
+    )
+    EnvInheritPackages = device_property(
+        dtype="bool",
+        doc="Script environments see the OET's packages (pytango, pypubsub) behind their own "
+        "(default true); false builds isolated environments.",
+    )
+    EnvGroups = device_property(
+        dtype="DevVarStringArray", doc="Poetry dependency groups installed besides main."
+    )
+    EnvExtras = device_property(
+        dtype="DevVarStringArray", doc="Extras of a repository's project to install."
     )
 
     # ----- life cycle -----------------------------------------------------------------------

@@ -67,12 +67,20 @@ def test_create_git_script_with_git_arguments(server_url, device, capsys):
     assert body["script_args"]["init"]["kwargs"] == {"subarray_id": 3}
 
 
+def test_create_git_script_without_a_repository_leaves_it_to_the_default(
+    server_url, device, capsys
+):
+    code, _, _ = oet(capsys, "procedure", "create", "git://scripts/b.py")
+    assert code == 0
+    assert prepare_calls(device)[0]["script"]["git_args"] == {}
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ("create", "file:///a.py", "--git_repo=x"),
         ("create", "http://a.py"),
-        ("create", "git://a.py"),
+        ("create", "git://a.py", "--create_env=maybe"),
         ("create", "file:///a.py", "--9x=1"),
         ("start", "--listen=maybe"),
     ],

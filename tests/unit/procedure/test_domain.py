@@ -32,12 +32,21 @@ def test_filesystem_and_git_scripts_parse():
     assert git.to_dict()["git_args"]["git_commit"] is None
 
 
+def test_git_repo_may_be_left_to_the_engine_default():
+    git = parse_script({"script_uri": "git://scripts/obs.py"})
+    assert isinstance(git, GitScript) and git.git_args.git_repo == ""
+
+
 @pytest.mark.parametrize(
     ("script", "message"),
     [
         ({"script_type": "filesystem", "script_uri": "relative.py"}, "must start with file://"),
         ({"script_type": "filesystem", "script_uri": "file://relative.py"}, "absolute path"),
-        ({"script_type": "git", "script_uri": "git://x.py"}, "git_args.git_repo"),
+        (
+            {"script_type": "git", "script_uri": "git://x.py", "git_args": {"git_repo": 3}},
+            "git_args.git_repo",
+        ),
+        ({"script_type": "git", "script_uri": "git://x.py", "git_args": "x"}, "git_args must be"),
         ({"script_type": "ftp", "script_uri": "ftp://x.py"}, "unknown script_type"),
         ({"script_type": "filesystem"}, "script_uri is required"),
         ([1, 2], "must be an object"),

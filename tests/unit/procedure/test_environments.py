@@ -21,7 +21,7 @@ import pytest
 from ska_oso_oet.procedure.dependencies import (
     DependencySpec,
     DependencySpecError,
-    poetry_requirements,
+    import_roots,
     read_dependency_spec,
     requirements_spec,
 )
@@ -32,6 +32,7 @@ from ska_oso_oet.procedure.environments import (
     EnvironmentCancelled,
     EnvironmentFailure,
     EnvironmentTimeout,
+    lines_only,
 )
 from ska_oso_oet.procedure.errors import OetError
 from ska_oso_oet.procedure.filelock import FileLock
@@ -62,9 +63,24 @@ def offline(wheelhouse: Path) -> tuple[str, ...]:
     return ("--no-index", "--find-links", str(wheelhouse))
 
 
-@pytest.fixture
-def cache(tmp_path, wheelhouse) -> EnvironmentCache:
-    return EnvironmentCache(tmp_path / "envs", pip_options=offline(wheelhouse), build_timeout=120)
+@pytest.fixture(params=["uv", "pip"])
+def cache(request, tmp_path, wheelhouse) -> EnvironmentCache:
+    """The cache with each installer: uv (the default when available) and virtualenv + pip."""
+    return EnvironmentCache(
+        tmp_path / "envs",
+        pip_options=offline(wheelhouse),
+        build_timeout=120,
+        installer=request.param,
+    )
+
+
+def installed_line(cache: EnvironmentCache, name: str, version: str) -> str:
+    """The line each installer prints for a package it installed."""
+    return (
+        f" + {name}=={version}"
+        if cache.installer == "uv"
+        else f"Successfully installed {name}-{version}"
+    )
 
 
 def run_python(python: Path, code: str) -> str:
@@ -115,65 +131,121 @@ class TestDependencySpecs:
         )
         assert read_dependency_spec(tmp_path).text == spec.text
 
+    def test_own_code_is_an_import_root_never_a_requirement(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = []\n')
+        (tmp_path / "src" / "x").mkdir(parents=True)
+        (tmp_path / "src" / "x" / "__init__.py").write_text("")
+        spec = read_dependency_spec(tmp_path)
+        assert spec.is_empty and spec.local_paths == (tmp_path / "src",)
+        (tmp_path / "src" / "x" / "__init__.py").unlink()
+        (tmp_path / "src" / "x").rmdir()
+        assert read_dependency_spec(tmp_path).local_paths == (tmp_path,), "flat layout"
+
+    def test_declared_package_folders_are_honoured(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text(
+            '[project]\nname = "x"\n[tool.setuptools.packages.find]\nwhere = ["lib"]\n'
+        )
+        assert import_roots(tmp_path) == [tmp_path / "lib"]
+        (tmp_path / "pyproject.toml").write_text(
+            '[tool.hatch.build.targets.wheel]\npackages = ["code/pkg"]\n'
+        )
+        assert import_roots(tmp_path) == [tmp_path / "code"]
+
     def test_dynamic_dependencies_fall_back_to_requirements(self, tmp_path):
         (tmp_path / "pyproject.toml").write_text(
-            '[project]\nname = "x"\ndynamic = ["dependencies"]\ndependencies = []\n'
+            '[project]\nname = "x"\ndynamic = ["dependencies"]\n'
         )
         (tmp_path / "requirements.txt").write_text("oettiny==1.0\n")
         spec = read_dependency_spec(tmp_path)
-        assert spec.kind == "requirements"
+        assert spec.kind == "requirements" and spec.requirements == ("oettiny==1.0",)
         assert spec.source == tmp_path / "requirements.txt"
+        (tmp_path / "requirements.txt").unlink()
+        with pytest.raises(DependencySpecError, match="dynamic"):
+            read_dependency_spec(tmp_path)
+
+    def test_setuptools_dynamic_file_is_read(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text(
+            '[project]\nname = "x"\ndynamic = ["dependencies"]\n'
+            '[tool.setuptools.dynamic]\ndependencies = {file = ["deps.txt"]}\n'
+        )
+        (tmp_path / "deps.txt").write_text("oettiny==1.0\n")
+        assert read_dependency_spec(tmp_path).requirements == ("oettiny==1.0",)
 
     def test_requirements_ignore_comments_and_inline_nested_files(self, tmp_path):
         (tmp_path / "requirements.txt").write_text("# pinned\noettiny==1.0  # why\n\n-r more.txt\n")
         (tmp_path / "more.txt").write_text("numpy\n")
         spec = read_dependency_spec(tmp_path)
-        assert spec.text == "oettiny==1.0\n-r more.txt\nnumpy"
+        assert spec.text == "numpy\noettiny==1.0"
         (tmp_path / "more.txt").write_text("numpy<2\n")
         assert read_dependency_spec(tmp_path).text != spec.text
 
+    def test_local_requirements_are_code_not_dependencies(self, tmp_path):
+        (tmp_path / "libs" / "tool" / "src" / "tool").mkdir(parents=True)
+        (tmp_path / "libs" / "tool" / "src" / "tool" / "__init__.py").write_text("")
+        (tmp_path / "libs" / "tool" / "pyproject.toml").write_text(
+            '[project]\nname = "tool"\ndependencies = ["numpy<3"]\n'
+        )
+        (tmp_path / "requirements.txt").write_text(
+            "-e .\n./libs/tool\n--find-links ./wheels\noettiny==1.0\n"
+        )
+        (tmp_path / "wheels").mkdir()
+        spec = read_dependency_spec(tmp_path)
+        assert spec.requirements == ("numpy<3", "oettiny==1.0"), "the local project's deps"
+        assert spec.text == "--find-links wheels\nnumpy<3\noettiny==1.0"
+        assert spec.options == ("--find-links", str(tmp_path / "wheels"))
+        assert set(spec.local_paths) == {tmp_path, tmp_path / "libs" / "tool" / "src"}
+
+    def test_paths_leaving_the_repository_are_refused(self, tmp_path):
+        (tmp_path / "requirements.txt").write_text("../elsewhere\n")
+        with pytest.raises(DependencySpecError, match="outside the repository"):
+            read_dependency_spec(tmp_path)
+        (tmp_path / "requirements.txt").write_text("./missing\n")
+        with pytest.raises(DependencySpecError, match="does not exist"):
+            read_dependency_spec(tmp_path)
+
     def test_nothing_declared_gives_an_empty_spec(self, tmp_path):
         spec = read_dependency_spec(tmp_path)
-        assert spec.is_empty and spec.kind == "none"
+        assert spec.is_empty and spec.kind == "none" and spec.local_paths == (tmp_path,)
 
     def test_broken_pyproject_is_a_readable_error(self, tmp_path):
         (tmp_path / "pyproject.toml").write_text("[project\n")
         with pytest.raises(DependencySpecError, match=r"cannot read pyproject\.toml"):
             read_dependency_spec(tmp_path)
 
-    def test_poetry_constraints_translate_to_pep508(self):
-        deps = {
-            "python": "^3.11",
-            "a": "^1.2.3",
-            "b": "^0.2",
-            "c": "~1.4",
-            "d": "*",
-            "e": "2.0.1",
-            "f": ">=1.0,<3",
-            "g": {"version": "^0.0.3", "extras": ["x", "y"], "markers": "sys_platform == 'linux'"},
-            "h": {"version": "1.0", "optional": True},
-        }
-        assert poetry_requirements(deps) == [
-            "a>=1.2.3,<2",
-            "b>=0.2,<0.3",
-            "c>=1.4,<1.5",
-            "d",
-            "e==2.0.1",
-            "f>=1.0,<3",
-            "g[x,y]>=0.0.3,<0.0.4; sys_platform == 'linux'",
-        ]
-
-    @pytest.mark.parametrize("spec", [{"git": "https://x/y.git"}, "^1 || ^2", [{"version": "1"}]])
-    def test_unsupported_poetry_forms_name_the_dependency(self, spec):
-        with pytest.raises(DependencySpecError, match=r"'oddity'.*requirements\.txt"):
-            poetry_requirements({"oddity": spec})
-
-    def test_poetry_section_is_read_from_pyproject(self, tmp_path):
+    def test_poetry_project_is_read_with_poetry_core(self, tmp_path):
         (tmp_path / "pyproject.toml").write_text(
-            '[tool.poetry.dependencies]\npython = "^3.11"\noettiny = "^1.0"\n'
+            '[tool.poetry]\nname = "p"\nversion = "1"\ndescription = ""\nauthors = []\n'
+            '[tool.poetry.dependencies]\npython = "^3.11"\na = "^1.2.3"\nb = "~1.4"\n'
+            'c = {version = "^0.2", extras = ["x"], markers = "sys_platform == \'linux\'"}\n'
+            'd = {version = "*", optional = true}\ne = {git = "https://example.invalid/e.git"}\n'
+            '[tool.poetry.extras]\nall = ["d"]\n'
+            '[tool.poetry.group.docs.dependencies]\nsphinx = "^8"\n'
         )
         spec = read_dependency_spec(tmp_path)
-        assert (spec.kind, spec.requirements) == ("poetry", ("oettiny>=1.0,<2",))
+        assert spec.kind == "poetry"
+        assert spec.requirements == (
+            "a (>=1.2.3,<2.0.0)",
+            "b (>=1.4,<1.5)",
+            'c[x] (>=0.2,<0.3) ; sys_platform == "linux"',
+            "e @ git+https://example.invalid/e.git",
+        )
+        more = read_dependency_spec(tmp_path, groups=["docs"], extras=["all"]).requirements
+        assert "d" in more and "sphinx (>=8,<9)" in more
+        with pytest.raises(DependencySpecError, match="no Poetry dependency group 'nope'"):
+            read_dependency_spec(tmp_path, groups=["nope"])
+
+    def test_poetry_entries_without_a_standard_form_are_named(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text(
+            '[tool.poetry]\nname = "p"\nversion = "1"\ndescription = ""\nauthors = []\n'
+            '[tool.poetry.dependencies]\noddity = "^1 || ^3"\n'
+        )
+        with pytest.raises(DependencySpecError, match=r"'oddity' \(\^1 \|\| \^3\)"):
+            read_dependency_spec(tmp_path)
+
+    def test_invalid_poetry_project_is_a_readable_error(self, tmp_path):
+        (tmp_path / "pyproject.toml").write_text('[tool.poetry]\nname = "p"\nversion = 3\n')
+        with pytest.raises(DependencySpecError, match="invalid Poetry project"):
+            read_dependency_spec(tmp_path)
 
 
 class TestKeys:
@@ -221,8 +293,9 @@ class TestBuildAndReuse:
             version = "import oettiny; print(oettiny.VERSION)"
             assert run_python(first.python, version) == "1.0"
             assert run_python(rebuilt.python, version) == "2.0"
-            assert any(line.startswith("$ ") and "virtualenv" in line for line in first_lines)
-            assert "Successfully installed oettiny-1.0" in first_lines
+            assert any(p.step == "venv" and p.line.startswith("$ ") for p in first_lines)
+            assert installed_line(cache, "oettiny", "1.0") in [p.line for p in first_lines]
+            assert {p.step for p in first_lines if p.seconds is not None} >= {"venv", "install"}
         finally:
             for lease in (first, reused, rebuilt):
                 lease.release()
@@ -240,11 +313,11 @@ class TestBuildAndReuse:
         published_during_build: list[bool] = []
 
         def on_line(line: str) -> None:
-            if line.startswith("Successfully installed"):
+            if line == installed_line(cache, "oettiny", "1.0"):
                 published_during_build.append((cache.root / "envs" / key).exists())
             raise RuntimeError("a broken listener must not break the build")
 
-        with cache.acquire(spec, on_line) as lease:
+        with cache.acquire(spec, lines_only(on_line)) as lease:
             assert published_during_build == [False]
             assert lease.built and lease.held
         assert not lease.held
@@ -270,9 +343,7 @@ class TestBuildAndReuse:
             assert not errors and len(leases) == 4
             assert sum(lease.built for lease in leases) == 1
             assert len({lease.python for lease in leases}) == 1
-            assert (
-                sum(1 for line in commands if line.startswith("$ ") and "virtualenv" in line) == 1
-            )
+            assert sum(1 for p in commands if p.step == "venv" and p.line.startswith("$ ")) == 1
         finally:
             for lease in leases:
                 lease.release()
@@ -321,8 +392,8 @@ class TestFailures:
         with pytest.raises(EnvironmentBuildFailed) as info:
             cache.acquire(spec)
         message = str(info.value)
-        assert "pip install failed (exit status 1) building environment py" in message
-        assert "No matching distribution found for nosuchpkg==1" in message
+        assert "install failed (exit status 1) building environment py" in message
+        assert "nosuchpkg" in message.split("\n", 1)[1], "the installer's own error lines"
         assert isinstance(info.value, OetError) and info.value.code == "OET_ENVIRONMENT_ERROR"
         assert leftovers(cache.root) == []
         record = json.loads((cache.root / "state" / f"{cache.key_for(spec)}.failed").read_text())
@@ -347,18 +418,18 @@ class TestFailures:
             t.join(timeout=120)
         assert len(errors) == 3 and all(isinstance(e, EnvironmentBuildFailed) for e in errors)
         assert all("nosuchpkg" in str(e) for e in errors)
-        assert sum(1 for line in commands if line.startswith("$ ") and "pip" in line) == 1
+        assert sum(1 for p in commands if p.step == "install" and p.line.startswith("$ ")) == 1
         # A request made after the failure tries again (the index may have been fixed).
-        retry: list[str] = []
+        retry: list = []
         with pytest.raises(EnvironmentBuildFailed):
             cache.acquire(spec, retry.append)
-        assert any(line.startswith("$ ") and "pip" in line for line in retry)
+        assert any(p.step == "install" and p.line.startswith("$ ") for p in retry)
 
     def test_build_timeout_kills_pip_and_leaves_nothing(self, tmp_path):
         server, held, stop = hanging_server()
         index = f"http://127.0.0.1:{server.getsockname()[1]}/simple"
         cache = EnvironmentCache(
-            tmp_path / "envs", pip_options=("--index-url", index, "--retries", "0"), build_timeout=4
+            tmp_path / "envs", pip_options=("--index-url", index), build_timeout=4
         )
         try:
             started = time.monotonic()
@@ -392,12 +463,12 @@ class TestFailures:
         cancel = threading.Event()
 
         def on_line(line: str) -> None:
-            if line.startswith("$ ") and " pip " in line:
+            if line.startswith("$ ") and " install " in line:
                 threading.Timer(0.5, cancel.set).start()
 
         try:
-            with pytest.raises(EnvironmentCancelled, match="pip install cancelled"):
-                cache.acquire(requirements_spec("oettiny==1.0"), on_line, cancel)
+            with pytest.raises(EnvironmentCancelled, match="install cancelled"):
+                cache.acquire(requirements_spec("oettiny==1.0"), lines_only(on_line), cancel)
         finally:
             stop.set()
             server.close()
@@ -437,7 +508,7 @@ class TestEviction:
         limited = EnvironmentCache(root, max_count=1)
         caches = [
             EnvironmentCache(root, virtualenv_options=opts, max_count=1)
-            for opts in [("--no-setuptools",), ("--no-vcs-ignore",), ("--prompt", "c")]
+            for opts in [("--prompt", "a"), ("--prompt", "b"), ("--prompt", "c")]
         ]
         a = caches[0].acquire(EMPTY)  # held throughout: in use
         b = caches[1].acquire(EMPTY)
@@ -454,8 +525,8 @@ class TestEviction:
 
     def test_least_recently_used_goes_first_and_size_limit_applies(self, tmp_path):
         root = tmp_path / "envs"
-        first = EnvironmentCache(root, virtualenv_options=("--no-setuptools",))
-        second = EnvironmentCache(root, virtualenv_options=("--no-vcs-ignore",))
+        first = EnvironmentCache(root, virtualenv_options=("--prompt", "a"))
+        second = EnvironmentCache(root, virtualenv_options=("--prompt", "b"))
         with first.acquire(EMPTY) as one:
             pass
         with second.acquire(EMPTY) as two:
@@ -464,7 +535,7 @@ class TestEviction:
             assert not again.built
         infos = first.environments()
         assert [i.key for i in infos] == [two.key, one.key]
-        assert all(i.size_bytes > 100_000 and not i.in_use for i in infos)
+        assert all(i.size_bytes > 1000 and not i.in_use for i in infos)
         sized = EnvironmentCache(root, max_total_bytes=infos[1].size_bytes + 1)
         assert sized.evict() == [two.key]
         assert EnvironmentCache(root, max_total_bytes=1).evict() == [one.key]

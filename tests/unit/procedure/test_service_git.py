@@ -102,7 +102,9 @@ def test_create_env_builds_once_and_reuses_across_commits(git_service, repo):
     states = [s for s, _ in first["history"]["process_states"]]
     assert states[:6] == ["CREATING", "IDLE", "PREP_ENV", "IDLE", "LOADING", "IDLE"]
     assert printed(git_service, first["id"]) == ["hello v1 from oettiny 1.0"]
-    assert printed(git_service, first["id"], "prep_env"), "pip's output is forwarded as events"
+    steps = {e.payload["step"] for e in git_service.recorder.of(first["id"], topics.SCRIPT_ENV)}
+    assert {"checkout", "venv", "install", "ready"} <= steps, "build progress is forwarded"
+    assert not printed(git_service, first["id"], "prep_env"), "progress is not script output"
 
     repo.commit({"scripts/greet.py": GREETER.format(who="v2")}, "script change only")
     second = run_to_end(git_service, git_request(repo, "scripts/greet.py", create_env=True))

@@ -73,8 +73,6 @@ def create(
             )
         script: dict[str, Any] = {"script_type": "filesystem", "script_uri": script_uri}
     elif script_uri.startswith("git://"):
-        if "git_repo" not in git_args:
-            raise CliError("git:// scripts need --git_repo=URL", exit_codes.USAGE)
         script = {
             "script_type": "git",
             "script_uri": script_uri,
