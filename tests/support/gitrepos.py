@@ -295,3 +295,20 @@ def close_hanging_server(
     server.close()
     for conn in held:
         conn.close()
+
+
+def hanging_build_project(dest: Path) -> Path:
+    """A source project whose in-tree build backend never finishes: installing it keeps an
+    environment build busy, offline (``requires = []``: build isolation fetches nothing)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "hang_backend"\nbackend-path = ["."]\n\n'
+        '[project]\nname = "hangpkg"\nversion = "1.0"\n'
+    )
+    (dest / "hang_backend.py").write_text(
+        "import time\n\n\ndef _forever(*args, **kwargs):\n    while True:\n"
+        "        time.sleep(1)\n\n\nget_requires_for_build_wheel = _forever\n"
+        "prepare_metadata_for_build_wheel = _forever\nbuild_wheel = _forever\n"
+        "build_sdist = _forever\nget_requires_for_build_sdist = _forever\n"
+    )
+    return dest

@@ -176,7 +176,7 @@ EVENT_FORMATS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "script.stdout": lambda e: (
         f"Script {'error output' if e.get('stream') == 'stderr' else 'output'}: {e['line']}"
     ),
-    "script.env": lambda e: f"Preparing {e.get('step', '')}: {e['line']}",
+    "script.env": lambda e: f"Procedure {e['procedure_id']} preparing ({e['step']}): {e['line']}",
     "sb.lifecycle.allocated": lambda e: f"Resources allocated using SB {e['sb_id']}",
     "sb.lifecycle.observation.started": lambda e: f"Observation for SB {e['sb_id']} started",
     "sb.lifecycle.observation.finished.succeeded": lambda e: (

@@ -153,11 +153,12 @@ def test_git_script_with_its_own_environment_through_rest(stack: Stack, repo: Lo
             if e["topic"] == "script.stdout" and e["stream"] == "stdout"
         ]
         pip_lines = [
-            e for e in events.of(pid) if e["topic"] == "script.stdout" and e["stream"] == "prep_env"
+            e for e in events.of(pid) if e["topic"] == "script.env" and e["step"] == "install"
         ]
         procedure = http.get(f"/procedures/{pid}").json()["procedure"]
     assert printed == ["hello None [] from oettiny 1.0"]
-    assert pip_lines, "pip's output reaches REST clients as events"
+    assert pip_lines, "the installer's output reaches REST clients as script.env events"
+    assert any("seconds" in e for e in pip_lines), "with the time the step took"
     assert procedure["script"]["git_args"]["git_commit"] == repo.head()
     assert procedure["script"]["create_env"] is True
     assert "PREP_ENV" in [s for s, _ in procedure["history"]["process_states"]]

@@ -73,6 +73,8 @@ def test_event_lines():
     assert event_line({"topic": "user.script.announce", "msg": "hi"}) == "- Script message: hi"
     stderr = {"topic": "script.stdout", "stream": "stderr", "line": "oops"}
     assert event_line(stderr) == "- Script error output: oops"
+    env = {"topic": "script.env", "procedure_id": 4, "step": "install", "line": "took 1.20 s"}
+    assert event_line(env) == "- Procedure 4 preparing (install): took 1.20 s"
     odd = {"topic": "custom.topic", "seq": 1, "timestamp": 0, "msg_src": "x", "k": [1]}
     assert event_line(odd) == '- custom.topic: {"k": [1]}'
     activity = {
