@@ -7,6 +7,11 @@
 5. prints ``TANGO_HOST`` and the device names, and runs until Ctrl-C or SIGTERM, when it stops
    everything in reverse order (scripts are stopped by the device server itself).
 
+While it runs it supervises its children (:class:`Supervisor`): a device server or gateway that
+dies is restarted, with back-off, while the others keep running (a gateway crash does not touch
+the scripts running on the devices); the Tango database's death stops the whole stack, with
+exit code 3 (:data:`EXIT_DATABASE_DIED`), since nothing works without it.
+
 Everything lives under ``--data-dir`` (default ``var/oet-stack``): the Tango database, the
 procedure and activity history of each device, the scheduling-block store shared by the devices
 (``sbds/``, seeded with the repository's ``examples/sbds``) and the logs of each process.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -36,6 +42,10 @@ from typing import Any
 from .logging_format import configure_process_logging
 
 SERVER = "OETDeviceServer"
+#: The stack's name for its Tango database process.
+DATABASE = "PyDatabaseds"
+#: Exit codes of ``oet-stack``: stopped on request / could not start / the database died.
+EXIT_OK, EXIT_START_FAILED, EXIT_DATABASE_DIED = 0, 1, 3
 INSTANCE = "oet"
 DEVICE_CLASS = "OETDevice"
 MAX_SUBARRAYS = 16
@@ -64,6 +74,8 @@ class StackContext:
     devices: list[str]
     data_dir: Path
     env: dict[str, str]
+    #: set once the stack is stopping: a service's start-up wait should give up on it
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 #: A service started after the devices answer: returns the process it started (the stack
@@ -258,10 +270,17 @@ def start_device_server(data_dir: Path, host: str, env: dict[str, str]) -> subpr
 
 
 def wait_for_devices(
-    tango_host: str, devices: Sequence[str], process: subprocess.Popen, data_dir: Path
+    tango_host: str,
+    devices: Sequence[str],
+    process: subprocess.Popen,
+    data_dir: Path,
+    stopping: threading.Event | None = None,
 ) -> None:
+    """Until every device answers; RuntimeError if the server exits, is not ready within
+    START_TIMEOUT, or ``stopping`` is set."""
     import tango
 
+    stopping = stopping or threading.Event()
     deadline = time.monotonic() + START_TIMEOUT
     for name in devices:
         proxy = None
@@ -273,7 +292,8 @@ def wait_for_devices(
                 break
             except tango.DevFailed:
                 _check_alive(process, SERVER, data_dir / "OETDeviceServer.log", deadline)
-                time.sleep(0.1)
+                if stopping.wait(0.1):
+                    raise RuntimeError(f"stopping while {SERVER} starts") from None
 
 
 def _check_alive(process: subprocess.Popen, name: str, log: Path, deadline: float) -> None:
@@ -304,24 +324,152 @@ def _executable(name: str) -> str:
 # ----- the stack ------------------------------------------------------------------------------
 @dataclass
 class Stack:
-    """The running processes, stopped in reverse order of start."""
+    """The running processes, stopped in reverse order of start.
+
+    A supervisor thread may replace a process it restarted (:meth:`replace`) while the main
+    thread reads the list, hence the lock. ``stopping`` is set once shutdown has begun: start-up
+    and restart waits give up on it, and nothing is started after it.
+    """
 
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, process: subprocess.Popen) -> None:
-        self.processes.append((name, process))
+        with self._lock:
+            self.processes.append((name, process))
+
+    def replace(self, name: str, old: subprocess.Popen, new: subprocess.Popen) -> bool:
+        """Put ``new`` where ``old`` was (same place in the stop order); False, and ``new``
+        not added, once the stack is stopping: the caller must stop it itself."""
+        with self._lock:
+            if self.stopping.is_set():
+                return False
+            index = self.processes.index((name, old))
+            self.processes[index] = (name, new)
+            return True
 
     def stop(self) -> None:
-        for name, process in reversed(self.processes):
+        self.stopping.set()
+        with self._lock:
+            processes = list(reversed(self.processes))
+            self.processes.clear()
+        for name, process in processes:
             LOGGER.info("stopping %s (pid %d)", name, process.pid)
             stop_process(process)
-        self.processes.clear()
 
-    def first_exited(self) -> tuple[str, int] | None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                return name, process.returncode
-        return None
+
+def describe_exit(code: int | None) -> str:
+    """``"exited with code 1"`` / ``"was killed by SIGKILL"`` for a Popen return code."""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between restarts of a crashing process: ``initial``, doubled after each crash
+    up to ``maximum``, and back to ``initial`` once the process ran ``stable_after`` seconds
+    (a process that crashes once a day is restarted at once; one that crashes at start-up is
+    not restarted in a tight loop)."""
+
+    initial: float = 1.0
+    maximum: float = 30.0
+    stable_after: float = 60.0
+
+    def next_delay(self, previous: float | None, ran_for: float) -> float:
+        if previous is None or ran_for >= self.stable_after:
+            return self.initial
+        return min(previous * 2, self.maximum)
+
+
+#: Starts a crashed process anew and returns it once it is ready. On failure (it did not become
+#: ready, or the stack began to stop meanwhile) it stops what it started and raises.
+Restarter = Callable[[], subprocess.Popen]
+
+
+class Supervisor:
+    """Keeps the stack's processes running: one thread per restartable process waits for its
+    exit and restarts it with back-off; the others go on undisturbed (a gateway crash does not
+    touch the device server or its running scripts). The Tango database is *critical*: without
+    it nothing can work (devices cannot be imported, clients cannot resolve names), so its
+    death stops the whole stack instead (:attr:`fatal` says why)."""
+
+    #: How often a process is checked: the delay before a crash is noticed.
+    POLL = 0.2
+
+    def __init__(self, stack: Stack, backoff: Backoff | None = None) -> None:
+        self.stack = stack
+        self.backoff = backoff or Backoff()
+        self.fatal: str | None = None
+        self._critical: list[tuple[str, subprocess.Popen]] = []
+        self._threads: list[threading.Thread] = []
+
+    def critical(self, name: str, process: subprocess.Popen) -> None:
+        self._critical.append((name, process))
+
+    def restartable(self, name: str, process: subprocess.Popen, restart: Restarter) -> None:
+        thread = threading.Thread(
+            target=self._keep_running, args=(name, process, restart), name=f"supervise-{name}"
+        )
+        thread.daemon = True  # joined in stop(); daemon only so a bug cannot hang the exit
+        self._threads.append(thread)
+        thread.start()
+
+    def wait(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set or a critical process dies (then :attr:`fatal` is set)."""
+        while not stop.wait(self.POLL):
+            for name, process in self._critical:
+                if process.poll() is not None:
+                    self.fatal = (
+                        f"{name} (pid {process.pid}) {describe_exit(process.returncode)}: the "
+                        "devices and the gateway cannot work without the Tango database"
+                    )
+                    return
+
+    def stop(self, timeout: float = START_TIMEOUT) -> None:
+        """End supervision: no restart begins after this; one under way gives up."""
+        self.stack.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _keep_running(self, name: str, process: subprocess.Popen, restart: Restarter) -> None:
+        stopping = self.stack.stopping
+        delay: float | None = None
+        started = time.monotonic()
+        while True:
+            while process.poll() is None:
+                if stopping.wait(self.POLL):
+                    return
+            if stopping.is_set():
+                return  # stopped by the stack, not crashed
+            ran_for = time.monotonic() - started
+            # The child led its own session: what it left in its process group goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            delay = self.backoff.next_delay(delay, ran_for)
+            LOGGER.error(
+                "%s (pid %d) %s (up %.1f s); restarting it in %.1f s (the rest of the stack "
+                "keeps running)",
+                name, process.pid, describe_exit(process.returncode), ran_for, delay,
+            )  # fmt: skip
+            while True:
+                if stopping.wait(delay):
+                    return
+                try:
+                    new = restart()
+                    break
+                except Exception as exc:  # e.g. not ready in time: back off and try again
+                    if stopping.is_set():
+                        return  # it gave up because the stack is stopping
+                    delay = min(delay * 2, self.backoff.maximum)
+                    LOGGER.error("%s did not restart: %s; trying again in %.1f s", name, exc, delay)
+            if not self.stack.replace(name, process, new):
+                stop_process(new)  # shutdown began while it started
+                return
+            process, started = new, time.monotonic()
+            LOGGER.info("%s restarted (pid %d)", name, process.pid)
 
 
 def start_registered_database(
@@ -330,7 +478,7 @@ def start_registered_database(
     """Start the Tango database and register the devices of ``options`` in it (no server
     yet). Sets ``env["TANGO_HOST"]``; returns it and the device names."""
     db_process, port = start_database(options.data_dir, options.host, options.port, env)
-    stack.add("PyDatabaseds", db_process)
+    stack.add(DATABASE, db_process)
     tango_host = f"{options.host}:{port}"
     LOGGER.info("Tango database (PyDatabaseds, pid %d) at %s", db_process.pid, tango_host)
     env["TANGO_HOST"] = tango_host
@@ -343,7 +491,8 @@ def start_registered_database(
 
 
 def start(options: argparse.Namespace, stack: Stack) -> StackContext:
-    """Start database, device server and services; fill ``stack`` as processes start."""
+    """Start database, device server and services; fill ``stack`` as processes start.
+    Gives up (RuntimeError) if ``stack.stopping`` is set meanwhile."""
     data_dir: Path = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -351,15 +500,58 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     tango_host, devices = start_registered_database(options, stack, env)
     server = start_device_server(data_dir, options.host, env)
     stack.add(SERVER, server)
-    wait_for_devices(tango_host, devices, server, data_dir)
+    wait_for_devices(tango_host, devices, server, data_dir, stack.stopping)
     LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(devices))
-    context = StackContext(options, tango_host, devices, data_dir, env)
+    context = StackContext(options, tango_host, devices, data_dir, env, stack.stopping)
     for service in SERVICES:
         process = service.start(context)
         if process is not None:
             stack.add(service.name, process)
             LOGGER.info("%s (pid %d) started", service.name, process.pid)
     return context
+
+
+def restart_device_server(context: StackContext) -> subprocess.Popen:
+    """A new ``OETDeviceServer`` for the stack's devices, once they all answer. Its engines
+    record the procedures the crashed one was running as FAILED (DESIGN §3)."""
+    server = start_device_server(context.data_dir, context.options.host, context.env)
+    try:
+        wait_for_devices(
+            context.tango_host, context.devices, server, context.data_dir, context.stopping
+        )
+    except BaseException:
+        stop_process(server)
+        raise
+    LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(context.devices))
+    return server
+
+
+def restart_service(service: Service, context: StackContext) -> subprocess.Popen:
+    process = service.start(context)
+    if process is None:
+        raise RuntimeError(f"{service.name} declined to start")
+    return process
+
+
+def supervise(context: StackContext, stack: Stack) -> Supervisor:
+    """Watch the processes :func:`start` started: the database as critical, the device server
+    and the services as restartable."""
+    options = context.options
+    backoff = Backoff(
+        initial=getattr(options, "restart_delay", Backoff.initial),
+        maximum=getattr(options, "max_restart_delay", Backoff.maximum),
+    )
+    supervisor = Supervisor(stack, backoff)
+    services = {service.name: service for service in SERVICES}
+    for name, process in list(stack.processes):
+        if name == DATABASE:
+            supervisor.critical(name, process)
+        elif name == SERVER:
+            supervisor.restartable(name, process, functools.partial(restart_device_server, context))
+        elif name in services:
+            restart = functools.partial(restart_service, services[name], context)
+            supervisor.restartable(name, process, restart)
+    return supervisor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,6 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--abort-script",
         help="file:// URI of the abort script (default: abort.py of the script roots)",
     )
+    parser.add_argument(
+        "--restart-delay",
+        type=float,
+        default=Backoff.initial,
+        metavar="SECONDS",
+        help="wait before restarting a crashed device server or gateway; doubled after each "
+        f"crash in a row up to --max-restart-delay (default {Backoff.initial:g})",
+    )
+    parser.add_argument(
+        "--max-restart-delay",
+        type=float,
+        default=Backoff.maximum,
+        metavar="SECONDS",
+        help=f"longest wait between restarts (default {Backoff.maximum:g})",
+    )
     for service in SERVICES:
         service.add_arguments(parser)
     return parser
@@ -397,28 +604,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     if not 1 <= options.subarrays <= MAX_SUBARRAYS:
         raise SystemExit(f"oet-stack: --subarrays must be between 1 and {MAX_SUBARRAYS}")
+    if not 0 < options.restart_delay <= options.max_restart_delay:
+        raise SystemExit("oet-stack: need 0 < --restart-delay <= --max-restart-delay")
     options.data_dir = options.data_dir.resolve()
     configure_process_logging(stream=sys.stderr, tags=LOG_TAGS)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stack = Stack()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stack.stopping.set())
+    supervisor: Supervisor | None = None
     try:
         context = start(options, stack)
+        supervisor = supervise(context, stack)
         print(f"TANGO_HOST={context.tango_host}")
         for name in context.devices:
             print(f"device {name}")
         print(f"data and logs in {context.data_dir}; Ctrl-C stops the stack", flush=True)
-        while not stop.wait(1.0):
-            exited = stack.first_exited()
-            if exited:
-                LOGGER.error("%s exited with code %d; stopping", *exited)
-                return 1
-        return 0
+        supervisor.wait(stack.stopping)
+        if supervisor.fatal:
+            LOGGER.critical("%s; stopping the stack", supervisor.fatal)
+            return EXIT_DATABASE_DIED
+        return EXIT_OK
     except RuntimeError as exc:
+        if stack.stopping.is_set():
+            LOGGER.info("start-up interrupted (%s)", exc)
+            return EXIT_OK
         LOGGER.error("cannot start: %s", exc)
-        return 1
+        return EXIT_START_FAILED
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         stack.stop()
         print("oet-stack stopped", flush=True)
 

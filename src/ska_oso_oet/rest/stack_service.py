@@ -70,13 +70,16 @@ def start(context: Any) -> subprocess.Popen[bytes] | None:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=context.env, start_new_session=True
         )
+    stopping = getattr(context, "stopping", None)
     try:
-        origin = _wait_until_listening(process, log_path, offset)
+        origin = _wait_until_listening(process, log_path, offset, stopping)
+        if options.rest_port == 0:  # a restarted gateway listens where this one does
+            options.rest_port = int(origin.rsplit(":", 1)[1])
         urls = {device: f"{origin}/api/v1.0"}
         for other in others:
             urls[other] = f"{origin}{subarray_prefix(other)}/api/v1.0"
         for url in urls.values():
-            _wait_until_connected(process, log_path, url)
+            _wait_until_connected(process, log_path, url, stopping)
     except BaseException:
         process.terminate()
         process.wait(10)
@@ -93,29 +96,35 @@ def subarray_prefix(device: str) -> str:
     return f"/subarray/{match.group(1) if match else re.sub(r'[^A-Za-z0-9_-]+', '-', device)}"
 
 
-def _check(process: subprocess.Popen[bytes], log_path: Any, deadline: float) -> None:
+def _check(process: subprocess.Popen[bytes], log_path: Any, deadline: float, stopping: Any) -> None:
+    if stopping is not None and stopping.is_set():  # oet-stack is shutting down
+        raise RuntimeError("oet-gateway start-up abandoned: oet-stack is stopping")
     if process.poll() is not None:
         raise RuntimeError(f"oet-gateway exited with code {process.returncode}; see {log_path}")
     if time.monotonic() > deadline:
         raise RuntimeError(f"oet-gateway not ready within {START_TIMEOUT} s; see {log_path}")
 
 
-def _wait_until_listening(process: subprocess.Popen[bytes], log_path: Any, offset: int) -> str:
+def _wait_until_listening(
+    process: subprocess.Popen[bytes], log_path: Any, offset: int, stopping: Any = None
+) -> str:
     """``http://host:port`` once uvicorn says it listens."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        _check(process, log_path, deadline)
+        _check(process, log_path, deadline, stopping)
         text = log_path.read_bytes()[offset:].decode(errors="replace")
         if _RUNNING in text:
             return text.split(_RUNNING, 1)[1].split()[0].replace("://0.0.0.0:", "://localhost:")
         time.sleep(0.05)  # waiting for a child process's start-up line
 
 
-def _wait_until_connected(process: subprocess.Popen[bytes], log_path: Any, url: str) -> None:
+def _wait_until_connected(
+    process: subprocess.Popen[bytes], log_path: Any, url: str, stopping: Any = None
+) -> None:
     """Until ``GET {url}/procedures`` answers 200: the gateway has reached that device."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        _check(process, log_path, deadline)
+        _check(process, log_path, deadline, stopping)
         try:
             with urllib.request.urlopen(f"{url}/procedures", timeout=5):
                 return

@@ -1,4 +1,5 @@
-"""``oet-stack`` as a user runs it: starts, answers, runs a script, stops cleanly on Ctrl-C."""
+"""``oet-stack`` as a user runs it: starts, answers, runs a script, stops cleanly on Ctrl-C; and
+as a supervisor: a crashed gateway or device server comes back, the database's death stops it."""
 
 from __future__ import annotations
 
@@ -10,17 +11,28 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
 import tango
 
+from ska_oso_oet.stack import EXIT_DATABASE_DIED
 from tests.support.lrc_client import LrcClient
 from tests.support.tango_events import close_hubs
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 START_TIMEOUT = 90.0
+#: A restart waits --restart-delay, then for the devices (or the gateway) to answer.
+RESTART_TIMEOUT = 90.0
+TEST_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+GATEWAY = "ska_oso_oet.rest.server"
+DEVICE_SERVER = "ska_oso_oet.tango.server"
+DATABASE = "PyDatabaseds"
 
 
 class OutputReader:
@@ -38,10 +50,11 @@ class OutputReader:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
 
-    def wait_for(self, marker: str, timeout: float) -> list[str]:
+    def wait_for(self, marker: str, timeout: float, count: int = 1) -> list[str]:
+        """Until ``count`` lines contain ``marker``; returns every line so far."""
         with self._changed:
             if not self._changed.wait_for(
-                lambda: any(marker in line for line in self.lines), timeout
+                lambda: sum(marker in line for line in self.lines) >= count, timeout
             ):
                 raise AssertionError(f"oet-stack did not print {marker!r}; got {self.lines}")
             return list(self.lines)
@@ -121,3 +134,183 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
             with contextlib.suppress(psutil.Error):
                 child.kill()
         process.stdout.close()
+
+
+# ----- supervision ------------------------------------------------------------------------------
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy (process readiness only)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(tango.DevFailed, httpx.HTTPError, psutil.Error):
+            value = predicate()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s")
+        time.sleep(0.05)
+
+
+class RunningStack:
+    """``oet-stack`` started as a user starts it; :meth:`close` stops it as Ctrl-C does and
+    checks that nothing it started is left."""
+
+    def __init__(self, tmp_path: Path, *options: str) -> None:
+        self.rest_port = free_port()
+        command = [
+            sys.executable, "-m", "ska_oso_oet.stack", "--subarrays", "1",
+            "--data-dir", str(tmp_path / "data"), "--scripts", str(TEST_SCRIPTS),
+            "--rest-port", str(self.rest_port), "--restart-delay", "0.5", *options,
+        ]  # fmt: skip
+        env = {**os.environ, "OET_WARM_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        self.output = OutputReader(self.process)
+        try:
+            lines = self.output.wait_for("Ctrl-C stops the stack", START_TIMEOUT)
+        except BaseException:
+            self.close(check=False)
+            raise
+        self.tango_host = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("TANGO_HOST="))
+        self.url = f"http://127.0.0.1:{self.rest_port}/api/v1.0"
+
+    def child(self, marker: str) -> psutil.Process:
+        """The stack's one live child process whose command line contains ``marker``."""
+        found = [
+            child
+            for child in psutil.Process(self.process.pid).children()
+            if marker in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE
+        ]
+        assert len(found) == 1, f"{marker}: {found}"
+        return found[0]
+
+    def proxy(self) -> tango.DeviceProxy:
+        proxy = tango.DeviceProxy(f"tango://{self.tango_host}/oso/oet/1")
+        proxy.set_timeout_millis(10_000)
+        return proxy
+
+    def rest(self, path: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def close(self, check: bool = True) -> None:
+        close_hubs()
+        descendants: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        self.process.stdout.close()
+        if check:
+            assert code == 0, self.output.lines
+            assert not alive, f"left behind: {alive}"
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    running = RunningStack(tmp_path_factory.mktemp("supervised"))
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def procedure(proxy: tango.DeviceProxy, pid: int) -> dict[str, Any]:
+    return json.loads(proxy.GetProcedure(str(pid)))
+
+
+def test_a_killed_gateway_is_restarted_and_the_running_script_goes_on(
+    supervised: RunningStack, tmp_path: Path
+) -> None:
+    proxy = supervised.proxy()
+    flag = tmp_path / "go-on"
+    script = {"script_type": "filesystem", "script_uri": f"file://{TEST_SCRIPTS}/wait_for_file.py"}
+    prepared = LrcClient(proxy).invoke("Prepare", json.dumps({"script": script}))
+    pid = json.loads(prepared.result[1])["id"]
+    main_args = {"main": {"args": [], "kwargs": {"path": str(flag)}}}
+    (code,), _ = proxy.Start(json.dumps({"procedure_id": pid, "script_args": main_args}))
+    assert code in (1, 2)  # STARTED or QUEUED
+    wait_until(lambda: procedure(proxy, pid)["state"] == "RUNNING", 60, "procedure RUNNING")
+    server = supervised.child(DEVICE_SERVER)
+    gateway = supervised.child(GATEWAY)
+    assert supervised.rest(f"/procedures/{pid}")["procedure"]["state"] == "RUNNING"
+
+    gateway.kill()
+    supervised.output.wait_for(
+        f"oet-gateway (pid {gateway.pid}) was killed by SIGKILL", RESTART_TIMEOUT
+    )
+    lines = supervised.output.wait_for("oet-gateway restarted", RESTART_TIMEOUT)
+    # served again, on the same port, by a new process
+    assert supervised.rest(f"/procedures/{pid}")["procedure"]["state"] == "RUNNING"
+    assert supervised.child(GATEWAY).pid != gateway.pid
+    # the device server and its script were not touched
+    assert supervised.child(DEVICE_SERVER).pid == server.pid
+    assert [s for s, _ in procedure(proxy, pid)["history"]["process_states"]][-1] == "RUNNING"
+    flag.touch()
+    wait_until(
+        lambda: supervised.rest(f"/procedures/{pid}")["procedure"]["state"] == "COMPLETE",
+        60,
+        "COMPLETE",
+    )
+    assert proxy.scriptMessage == f"found {flag}"
+    restart_log = next(ln for ln in lines if f"oet-gateway (pid {gateway.pid}) was killed" in ln)
+    assert restart_log.startswith("1|") and "|ERROR|" in restart_log
+    assert "|service:oet-stack|" in restart_log and "restarting it in 0.5 s" in restart_log
+
+
+def test_a_killed_device_server_is_restarted_and_its_devices_answer(
+    supervised: RunningStack,
+) -> None:
+    server = supervised.child(DEVICE_SERVER)
+    gateway = supervised.child(GATEWAY)
+    close_hubs()
+    server.kill()
+    supervised.output.wait_for(
+        f"OETDeviceServer (pid {server.pid}) was killed by SIGKILL", RESTART_TIMEOUT
+    )
+    supervised.output.wait_for("OETDeviceServer restarted", RESTART_TIMEOUT)
+    assert supervised.child(DEVICE_SERVER).pid != server.pid
+    proxy = supervised.proxy()
+    assert proxy.state() == tango.DevState.ON
+    body = {
+        "script": {"script_type": "filesystem", "script_uri": f"file://{TEST_SCRIPTS}/success.py"}
+    }
+    prepared = LrcClient(proxy).invoke("Prepare", json.dumps(body))
+    pid = json.loads(prepared.result[1])["id"]
+    started = LrcClient(proxy).invoke("Start", json.dumps({"procedure_id": pid}))
+    assert json.loads(started.result[1])["state"] == "COMPLETE"
+    # the gateway was left running and reaches the new server by itself
+    assert supervised.child(GATEWAY).pid == gateway.pid
+    wait_until(
+        lambda: supervised.rest(f"/procedures/{pid}")["procedure"]["state"] == "COMPLETE",
+        RESTART_TIMEOUT,
+        "the gateway serving the restarted device",
+    )
+
+
+def test_the_tango_database_dying_stops_the_whole_stack(tmp_path: Path) -> None:
+    running = RunningStack(tmp_path, "--no-rest")
+    try:
+        descendants = psutil.Process(running.process.pid).children(recursive=True)
+        database = running.child(DATABASE)
+        database.kill()
+        assert running.process.wait(120) == EXIT_DATABASE_DIED
+        lines = running.output.wait_for("oet-stack stopped", 10)
+        fatal = next(ln for ln in lines if "|CRITICAL|" in ln)
+        assert f"PyDatabaseds (pid {database.pid}) was killed by SIGKILL" in fatal
+        assert "cannot work without the Tango database; stopping the stack" in fatal
+        assert not any("restarting it" in ln for ln in lines)
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        running.close(check=False)
