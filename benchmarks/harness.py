@@ -31,6 +31,8 @@ os.environ.setdefault("TANGO_EVENT_BUFFER_HWM", "200000")
 
 import tango  # (after the buffer setting)
 
+from ska_oso_oet.vocabulary import FINAL_STATES, ProcedureState
+
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "scripts"
 SUBARRAYS = 16
@@ -429,7 +431,7 @@ class OetClient:
         ids, states = self.proxy.procedureIds, self.proxy.procedureStates
         ids, states = ([] if ids is None else list(ids)), ([] if states is None else list(states))
         for pid, state in zip(ids, states, strict=False):
-            if state in {"COMPLETE", "STOPPED", "FAILED", "UNKNOWN"}:
+            if state in FINAL_STATES or state == ProcedureState.UNKNOWN:
                 continue
             start = self.events.mark()
             try:

@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from ska_oso_oet.vocabulary import FINAL_STATES
+
 from .harness import NEW_STATE, EventLog
 
 #: Silence (seconds) after which a stream that was delivering is taken to have lost the rest.
 IDLE_SECONDS = 10.0
 ANNOUNCE = "user.script.announce"
-#: States after which a script sends nothing more.
-FINAL_STATES = ("COMPLETE", "FAILED", "STOPPED")
 
 
 class SseReader:

@@ -101,3 +101,10 @@ def test_the_vocabulary_needs_only_the_standard_library() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_state_has_a_led_on_the_device() -> None:
+    from ska_oso_oet.tango.device import PROCEDURE_LEDS
+
+    assert set(PROCEDURE_LEDS) == set(v.ProcedureState)
+    assert str(PROCEDURE_LEDS["FAILED"]) == "FAULT"  # looked up with the strings of the views

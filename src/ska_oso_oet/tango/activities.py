@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ..activity.domain import ActivityState
 from ..events import ACTIVITY_PREFIX, Event, dumps
 from .ska import ResultCode, TaskStatus
 
@@ -101,11 +102,11 @@ def _outcome(
     summary: dict[str, Any], prepare_only: bool, procedure_lookup: Lookup
 ) -> tuple[TaskStatus, ResultCode, str] | None:
     state = summary["state"]
-    if state == "COMPLETE" or (prepare_only and state == "PREPARED"):
+    if state == ActivityState.COMPLETE or (prepare_only and state == ActivityState.PREPARED):
         return TaskStatus.COMPLETED, ResultCode.OK, dumps(summary)
-    if state == "FAILED":
+    if state == ActivityState.FAILED:
         return TaskStatus.FAILED, ResultCode.FAILED, failure_reason(summary, procedure_lookup)
-    if state == "STOPPED":
+    if state == ActivityState.STOPPED:
         return TaskStatus.ABORTED, ResultCode.ABORTED, dumps(summary)
     return None
 

@@ -57,6 +57,7 @@ from ..procedure.config import OetConfig, config_from_sources
 from ..procedure.domain import PrepareRequest, parse_script_args
 from ..procedure.errors import OetError
 from ..procedure.service import ScriptExecutionService
+from ..vocabulary import PREPARING_STATES, ProcedureState
 from . import runtime
 from .activities import ActivityView
 from .activity_commands import ActivityCommands
@@ -111,17 +112,13 @@ INITIAL_EVENT_TOPIC = "oet.device.started"
 
 #: Tango state shown for each procedure state by procedureLeds (Taranta colours DevState).
 PROCEDURE_LEDS = {
-    "UNKNOWN": DevState.UNKNOWN,
-    "IDLE": DevState.INIT,
-    "CREATING": DevState.INIT,
-    "PREP_ENV": DevState.INIT,
-    "LOADING": DevState.INIT,
-    "INITIALISING": DevState.INIT,
-    "READY": DevState.ON,
-    "RUNNING": DevState.RUNNING,
-    "COMPLETE": DevState.ON,
-    "STOPPED": DevState.OFF,
-    "FAILED": DevState.FAULT,
+    ProcedureState.UNKNOWN: DevState.UNKNOWN,
+    **dict.fromkeys(PREPARING_STATES, DevState.INIT),
+    ProcedureState.READY: DevState.ON,
+    ProcedureState.RUNNING: DevState.RUNNING,
+    ProcedureState.COMPLETE: DevState.ON,
+    ProcedureState.STOPPED: DevState.OFF,
+    ProcedureState.FAILED: DevState.FAULT,
 }
 
 
