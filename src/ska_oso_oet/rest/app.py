@@ -17,9 +17,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from .. import __version__
+from .auth import Authenticator
 from .client import DeviceClient, TangoDeviceClient
 from .errors import install_error_handlers
 from .hub import EventHub
+from .limits import RequestLimits
 from .routes import activities, health, procedures, stream
 from .settings import RestSettings
 
@@ -48,6 +50,7 @@ def create_app(
     :param extra_clients: clients of ``settings.devices`` by device name (same default)
     """
     settings = settings or RestSettings()
+    authenticator = Authenticator.from_settings(settings)
     mounted: dict[str, FastAPI] = {}
 
     @asynccontextmanager
@@ -70,15 +73,23 @@ def create_app(
                 await device_client.close()
             monitor.close()
 
-    app = _api(settings, lifespan)
+    app = _api(settings, lifespan, authenticator)
     for device in settings.devices:
         device_settings = settings.model_copy(update={"device": device, "devices": []})
-        api = _api(device_settings, None, title=f"OET REST API of {device}")
+        api = _api(device_settings, None, authenticator, title=f"OET REST API of {device}")
         app.mount(subarray_prefix(device), api)
         mounted[device] = api
     paths = {settings.device: settings.base_path}
     paths.update((device, subarray_prefix(device) + settings.base_path) for device in mounted)
     monitor = health.install(app, settings.base_path, paths)  # /health, /metrics
+    # Outermost: limits apply before anything (the mounted devices' APIs included) reads the
+    # request.
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        max_header_bytes=settings.max_header_bytes,
+    )
     return app
 
 
@@ -99,7 +110,12 @@ def _tango_client(settings: RestSettings) -> TangoDeviceClient:
     )
 
 
-def _api(settings: RestSettings, lifespan: Any, title: str = "OET REST API") -> FastAPI:
+def _api(
+    settings: RestSettings,
+    lifespan: Any,
+    authenticator: Authenticator,
+    title: str = "OET REST API",
+) -> FastAPI:
     """One device's API: routes, error handlers, documentation."""
     base = settings.base_path
     app = FastAPI(
@@ -112,6 +128,7 @@ def _api(settings: RestSettings, lifespan: Any, title: str = "OET REST API") -> 
         redoc_url=f"{base}/redoc",
     )
     app.state.settings = settings
+    app.state.authenticator = authenticator
     install_error_handlers(app)
     for router in (procedures.router, activities.router, activities.sbd_router, stream.router):
         app.include_router(router, prefix=base)

@@ -62,17 +62,27 @@ class DeviceClient(abc.ABC):
         return True
 
     @abc.abstractmethod
-    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Create a procedure; returns its summary at once (state CREATING or later)."""
+    async def prepare(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
+        """Create a procedure; returns its summary at once (state CREATING or later).
+
+        ``requested_by`` (here and below) is the user the device records in the audit trail.
+        """
 
     @abc.abstractmethod
     async def start_procedure(
-        self, procedure_id: int, script_args: dict[str, Any] | None
+        self,
+        procedure_id: int,
+        script_args: dict[str, Any] | None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
         """Start a READY procedure; returns its summary (RUNNING or later)."""
 
     @abc.abstractmethod
-    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
+    async def stop_procedure(
+        self, procedure_id: int, run_abort: bool, requested_by: str | None = None
+    ) -> None:
         """Ask the device to stop a running procedure (STOPPED follows as events)."""
 
     @abc.abstractmethod
@@ -84,7 +94,9 @@ class DeviceClient(abc.ABC):
         """Summaries in the device's history window, oldest first."""
 
     @abc.abstractmethod
-    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def run_activity(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
         """Run an activity of a stored SBD; returns its summary at once (REQUESTED)."""
 
     @abc.abstractmethod
@@ -315,22 +327,30 @@ class TangoDeviceClient(DeviceClient):
             raise GatewayError(error_code, f"{name} was {label}: {message}")
         return message
 
-    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
-        command_id = await self._lrc("Prepare", request)
+    async def prepare(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
+        command_id = await self._lrc("Prepare", _audited(request, requested_by))
         # The procedure exists (CREATING) once Prepare returns and carries the command id.
         return _loads(await self._command("GetProcedure", command_id), "GetProcedure")
 
     async def start_procedure(
-        self, procedure_id: int, script_args: dict[str, Any] | None
+        self,
+        procedure_id: int,
+        script_args: dict[str, Any] | None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"procedure_id": procedure_id}
         if script_args:
             body["script_args"] = script_args
-        await self._lrc("Start", body)
+        await self._lrc("Start", _audited(body, requested_by))
         return await self.get_procedure(procedure_id)
 
-    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
-        await self._lrc("Stop", {"procedure_id": procedure_id, "run_abort": run_abort})
+    async def stop_procedure(
+        self, procedure_id: int, run_abort: bool, requested_by: str | None = None
+    ) -> None:
+        body = {"procedure_id": procedure_id, "run_abort": run_abort}
+        await self._lrc("Stop", _audited(body, requested_by))
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")
@@ -338,8 +358,10 @@ class TangoDeviceClient(DeviceClient):
     async def list_procedures(self) -> list[dict[str, Any]]:
         return await self._read_json_list("procedures")
 
-    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
-        command_id = await self._lrc("RunActivity", request)
+    async def run_activity(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
+        command_id = await self._lrc("RunActivity", _audited(request, requested_by))
         # The activity exists (REQUESTED, with its procedure) once RunActivity returns.
         return _loads(await self._command("GetActivity", command_id), "GetActivity")
 
@@ -360,6 +382,12 @@ class TangoDeviceClient(DeviceClient):
             return proxy.read_attribute(attribute).value
 
         return _loads(await self._call(read) or "[]", attribute)
+
+
+def _audited(body: dict[str, Any], requested_by: str | None) -> dict[str, Any]:
+    """``body`` with the optional ``requested_by`` key of the device commands (the audit
+    trail's user; the device records the Tango client itself when it is missing)."""
+    return {**body, "requested_by": requested_by} if requested_by else body
 
 
 def error_from_any(exc: Exception) -> GatewayError:

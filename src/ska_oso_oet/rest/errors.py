@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import AuthError, OidcUnavailable
+
 LOGGER = logging.getLogger(__name__)
 
 INVALID_REQUEST = "OET_INVALID_REQUEST"
@@ -61,9 +63,23 @@ class GatewayError(Exception):
         return _HTTP.get(self.code, _HTTP[DEVICE_ERROR])[1]
 
 
+#: Longest message sent in an error body: errors must not echo a large input back.
+MAX_MESSAGE_CHARS = 2000
+#: How much of an offending value a message quotes.
+QUOTE_PREFIX = 120
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` cut to a short prefix, for quoting user input in messages."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_PREFIX else text[:QUOTE_PREFIX] + "..."
+
+
 def error_body(status: int, error_type: str, message: str) -> dict[str, str]:
-    """The documented error JSON."""
+    """The documented error JSON (the message cut to :data:`MAX_MESSAGE_CHARS`)."""
     phrase = HTTPStatus(status).phrase
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} characters)"
     return {"error": f"{status} {phrase}", "type": error_type, "Message": message}
 
 
@@ -96,8 +112,8 @@ def error_from_dev_failed(exc: Exception) -> GatewayError:
 
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+    for err in exc.errors()[:10]:
+        where = ".".join(str(p)[:60] for p in err.get("loc", ()) if p != "body")
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     return "; ".join(parts) or "Malformed request"
 
@@ -108,6 +124,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(error_body(exc.status, exc.error_type, exc.message), exc.status)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.status, exc.error_type, exc.message), exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(OidcUnavailable)
+    async def _oidc_unavailable(_: Request, exc: OidcUnavailable) -> JSONResponse:
+        LOGGER.warning("OIDC provider unavailable: %s", exc)
+        status = HTTPStatus.SERVICE_UNAVAILABLE
+        return JSONResponse(error_body(status, "IdentityProviderUnavailable", str(exc)), status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

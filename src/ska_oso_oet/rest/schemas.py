@@ -187,5 +187,7 @@ class ErrorResponse(BaseModel):
 
 
 #: ``responses=`` entry documenting the error body for the given statuses.
+#: Every route but ``/health`` may also answer 401/403 (authentication, role) and 413/431/400
+#: (request limits).
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorResponse} for status in statuses}
+    return {status: {"model": ErrorResponse} for status in sorted({*statuses, 401, 403})}

@@ -8,6 +8,7 @@ environment, so flags are handed over as ``OET_REST_*`` variables of this proces
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from ..logging_format import logging_config
+from .auth import Authenticator, exposure_problem, hash_token
 from .settings import RestSettings
 
 #: The tags field of the gateway's log lines.
@@ -28,7 +30,16 @@ _FLAGS = {
     "tango_host": "OET_REST_TANGO_HOST",
     "base_path": "OET_REST_BASE_PATH",
     "log_level": "OET_REST_LOG_LEVEL",
+    "auth_tokens_file": "OET_REST_AUTH_TOKENS_FILE",
+    "oidc_issuer": "OET_REST_OIDC_ISSUER",
+    "oidc_audience": "OET_REST_OIDC_AUDIENCE",
+    "oidc_jwks_url": "OET_REST_OIDC_JWKS_URL",
+    "oidc_roles_claim": "OET_REST_OIDC_ROLES_CLAIM",
+    "max_body_bytes": "OET_REST_MAX_BODY_BYTES",
 }
+#: uvicorn's own (h11) ceiling for a request's header block, above our 431 limit so that the
+#: documented 431 answers everything up to it.
+H11_MAX_HEADER_BLOCK = 64 * 1024
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,7 +48,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Serve the OET REST API (and its event stream) in front of an OETDevice.",
         epilog="Every option can also be set with the environment variable in brackets.",
     )
-    parser.add_argument("--host", help="address to listen on [OET_REST_HOST] (default 0.0.0.0)")
+    parser.add_argument(
+        "--host",
+        help="address to listen on [OET_REST_HOST] (default 127.0.0.1; any other address "
+        "needs authentication or --insecure-no-auth)",
+    )
     parser.add_argument("--port", type=int, help="port to listen on [OET_REST_PORT] (default 5000)")
     parser.add_argument(
         "--device",
@@ -57,12 +72,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["critical", "error", "warning", "info", "debug"],
         help="[OET_REST_LOG_LEVEL] (default info)",
     )
+    auth = parser.add_argument_group("authentication (docs/security.md)")
+    auth.add_argument(
+        "--auth-tokens-file",
+        help="JSON file of hashed bearer tokens with users and roles [OET_REST_AUTH_TOKENS_FILE]",
+    )
+    auth.add_argument(
+        "--oidc-issuer", help="accept access tokens of this OIDC issuer [OET_REST_OIDC_ISSUER]"
+    )
+    auth.add_argument(
+        "--oidc-audience", help="required 'aud' of access tokens [OET_REST_OIDC_AUDIENCE]"
+    )
+    auth.add_argument(
+        "--oidc-jwks-url",
+        help="the issuer's JWKS [OET_REST_OIDC_JWKS_URL] (default: from its discovery document)",
+    )
+    auth.add_argument(
+        "--oidc-roles-claim",
+        help="claim listing the OET roles, dotted for nested claims [OET_REST_OIDC_ROLES_CLAIM] "
+        "(default roles)",
+    )
+    auth.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="serve without authentication on a non-loopback address: anyone who can reach it "
+        "can run scripts [OET_REST_INSECURE_NO_AUTH]",
+    )
+    auth.add_argument(
+        "--hash-token",
+        action="store_true",
+        help="read a token on standard input, print its tokens-file entry and exit",
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, help="largest request body [OET_REST_MAX_BODY_BYTES]"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``oet-gateway``."""
     args = parse_args(argv)
+    if args.hash_token:
+        _print_token_entry(sys.stdin.readline().strip())
+        return
+    if args.insecure_no_auth:
+        os.environ["OET_REST_INSECURE_NO_AUTH"] = "true"
     for name, variable in _FLAGS.items():
         value = getattr(args, name)
         if value is not None:
@@ -71,6 +126,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = RestSettings()
     except ValueError as exc:  # pydantic's ValidationError: report it like argparse would
         sys.exit(f"oet-gateway: invalid configuration: {exc}")
+    problem = exposure_problem(settings)
+    if problem:
+        sys.exit(f"oet-gateway: {problem}")
+    try:  # a broken tokens file is a configuration error, not a crash at the first request
+        Authenticator.from_settings(settings)
+    except ValueError as exc:
+        sys.exit(f"oet-gateway: invalid configuration: {exc}")
+    if settings.insecure_no_auth and not settings.auth_tokens_file and not settings.oidc_issuer:
+        print(
+            f"oet-gateway: WARNING: serving {settings.host} WITHOUT AUTHENTICATION "
+            "(--insecure-no-auth): anyone who can reach it can run scripts",
+            file=sys.stderr,
+        )
     uvicorn.run(
         "ska_oso_oet.rest.app:create_app",
         factory=True,
@@ -81,7 +149,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=logging_config(settings.log_level, tags=LOG_TAGS),
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         proxy_headers=True,
+        http="h11",
+        h11_max_incomplete_event_size=H11_MAX_HEADER_BLOCK,
     )
+
+
+def _print_token_entry(token: str) -> None:
+    if len(token) < 16:
+        sys.exit(
+            "oet-gateway: a token needs at least 16 characters (try secrets.token_urlsafe(32))"
+        )
+    entry = {"sha256": hash_token(token), "user": "USER", "roles": ["viewer"]}
+    print(json.dumps(entry))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -13,7 +14,9 @@ class RestSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OET_REST_", extra="ignore", frozen=True)
 
-    host: str = "0.0.0.0"
+    #: Where to listen. Anything but a loopback address needs authentication (or
+    #: ``insecure_no_auth``): ``oet-gateway`` refuses to start otherwise.
+    host: str = "127.0.0.1"
     port: int = Field(5000, ge=0, le=65535)
     #: The OETDevice this gateway fronts at ``base_path``.
     device: str = "oso/oet/1"
@@ -46,6 +49,31 @@ class RestSettings(BaseSettings):
     #: Seconds uvicorn gives open connections (SSE streams) when shutting down.
     shutdown_grace_seconds: float = Field(2.0, ge=0)
     log_level: str = "info"
+
+    # -- authentication (docs/security.md) ----------------------------------------------------
+    #: JSON file of hashed tokens with their users and roles (small deployments).
+    auth_tokens_file: Path | None = None
+    #: OIDC issuer whose access tokens are accepted (``iss`` must equal it).
+    oidc_issuer: str | None = None
+    #: Required ``aud`` of access tokens; None accepts any audience.
+    oidc_audience: str | None = None
+    #: JWKS of the issuer; None reads ``jwks_uri`` from the issuer's discovery document.
+    oidc_jwks_url: str | None = None
+    #: Claim (dotted path, e.g. ``realm_access.roles``) listing the user's OET roles.
+    oidc_roles_claim: str = "roles"
+    #: Claim naming the user (``sub`` when it is missing).
+    oidc_user_claim: str = "preferred_username"
+    #: Serve without authentication on a non-loopback address: anyone who can reach it can run
+    #: scripts on the telescope.
+    insecure_no_auth: bool = False
+
+    # -- limits --------------------------------------------------------------------------------
+    #: Largest request body accepted (413 beyond).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: Deepest nesting of JSON arrays/objects accepted in a request body (400 beyond).
+    max_json_depth: int = Field(32, ge=2, le=500)
+    #: Largest total size of a request's headers (431 beyond).
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=60 * 1024)
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -26,6 +26,11 @@ from ska_oso_oet.rest.hub import EventHub
 from ska_oso_oet.vocabulary import FINAL_STATES
 
 
+def _audit(action: str, user: str | None) -> dict[str, Any]:
+    """An audit entry as the device records it (``tango`` when no user was passed)."""
+    return {"action": action, "user": user or "tango", "at": time.time()}
+
+
 class FakeDevice(DeviceClient):
     """An in-memory OETDevice behind the :class:`DeviceClient` interface."""
 
@@ -50,7 +55,9 @@ class FakeDevice(DeviceClient):
         if self.unreachable:
             raise GatewayError(errors.DEVICE_UNREACHABLE, "The OET device cannot be reached: fake")
 
-    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def prepare(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
         self._check("Prepare", request)
         script = request.get("script") or {"script_uri": request.get("script_uri")}
         uri = script.get("script_uri") or ""
@@ -67,6 +74,7 @@ class FakeDevice(DeviceClient):
             "history": {"process_states": [["CREATING", time.time()]], "stacktrace": None},
             "state": "CREATING",
             "command_id": f"{time.time()}_{pid}_Prepare",
+            "audit": [_audit("created", requested_by)],
         }
         self.procedures[pid] = summary
         created = copy.deepcopy(summary)  # the device answers in CREATING; the rest are events
@@ -76,7 +84,9 @@ class FakeDevice(DeviceClient):
                 self.set_state(pid, state)
         return created
 
-    async def start_procedure(self, procedure_id: int, script_args: Any) -> dict[str, Any]:
+    async def start_procedure(
+        self, procedure_id: int, script_args: Any, requested_by: str | None = None
+    ) -> dict[str, Any]:
         self._check("Start", {"procedure_id": procedure_id, "script_args": script_args})
         summary = self._get(procedure_id)
         if any(p["state"] == "RUNNING" for p in self.procedures.values()):
@@ -90,16 +100,21 @@ class FakeDevice(DeviceClient):
             "args": main.get("args", []),
             "kwargs": main.get("kwargs", {}),
         }
+        summary["audit"].append(_audit("started", requested_by))
         self.set_state(procedure_id, "RUNNING")
         self.emit(
             "procedure.lifecycle.started", procedure_id=procedure_id, result=copy.deepcopy(summary)
         )
         return copy.deepcopy(summary)
 
-    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
+    async def stop_procedure(
+        self, procedure_id: int, run_abort: bool, requested_by: str | None = None
+    ) -> None:
         self._check("Stop", {"procedure_id": procedure_id, "run_abort": run_abort})
         if self._get(procedure_id)["state"] in FINAL_STATES:
             raise GatewayError(errors.STATE_CONFLICT, f"procedure {procedure_id} has finished")
+        action = "aborted" if run_abort else "stopped"
+        self._get(procedure_id)["audit"].append(_audit(action, requested_by))
         self.finish(procedure_id, "STOPPED")
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
@@ -115,7 +130,9 @@ class FakeDevice(DeviceClient):
         if not self.activity_support:
             raise GatewayError(errors.NOT_IMPLEMENTED, f"The OET device does not offer {name}")
 
-    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def run_activity(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
         self._check_activities("RunActivity", request)
         sbd = await self.get_sbd(request["sbd_id"])
         spec = sbd["activities"].get(request["activity_name"])
@@ -123,7 +140,8 @@ class FakeDevice(DeviceClient):
             raise GatewayError(errors.INVALID_REQUEST, f"no activity {request['activity_name']!r}")
         init = (request.get("script_args") or {}).get("init") or {}
         procedure = await self.prepare(
-            {"script": {"script_uri": spec["path"]}, "script_args": {"init": init}}
+            {"script": {"script_uri": spec["path"]}, "script_args": {"init": init}},
+            requested_by=requested_by,
         )
         aid = next(self._activity_ids)
         now = time.time()
@@ -138,6 +156,7 @@ class FakeDevice(DeviceClient):
             "state": "REQUESTED",
             "sbi_id": f"sbi-fake-{aid:05d}",
             "command_id": f"{now}_{aid}_RunActivity",
+            "audit": [_audit("created", requested_by)],
         }
         self.activities[aid] = summary
         self.emit(
@@ -227,10 +246,11 @@ class FakeDevice(DeviceClient):
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, timeout: float = 20.0) -> Iterator[str]:
-    """Run ``app`` with a real uvicorn on a free loopback port; yields the server's base URL."""
+def serve_in_thread(app: Any, timeout: float = 20.0, **options: Any) -> Iterator[str]:
+    """Run ``app`` with a real uvicorn on a free loopback port; yields the server's base URL.
+    ``options`` go to :class:`uvicorn.Config` (e.g. the h11 limits ``oet-gateway`` sets)."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+        app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1, **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)

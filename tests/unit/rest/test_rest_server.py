@@ -15,7 +15,7 @@ def test_defaults_match_the_documentation(monkeypatch):
     for name in ("HOST", "PORT", "DEVICE", "TANGO_HOST", "BASE_PATH"):
         monkeypatch.delenv(f"OET_REST_{name}", raising=False)
     settings = RestSettings()
-    assert (settings.host, settings.port, settings.base_path) == ("0.0.0.0", 5000, "/api/v1.0")
+    assert (settings.host, settings.port, settings.base_path) == ("127.0.0.1", 5000, "/api/v1.0")
     assert settings.device_trl == "oso/oet/1"
 
 
@@ -34,7 +34,7 @@ def test_flags_override_the_environment_and_uvicorn_uses_the_factory(monkeypatch
         server.main(["--port", "7001", "--tango-host", "localhost:10000", "--devices", "a/b/2"])
         settings = RestSettings()
     assert seen["app"] == "ska_oso_oet.rest.app:create_app" and seen["factory"] is True
-    assert (seen["host"], seen["port"]) == ("0.0.0.0", 7001)
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 7001)
     assert settings.device_trl == "tango://localhost:10000/oso/oet/3"
     assert settings.devices == ["a/b/2"]
     assert "OET_REST_TANGO_HOST" not in os.environ

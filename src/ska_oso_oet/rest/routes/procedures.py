@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 
 from ...vocabulary import FINAL_STATES, PREPARING_STATES, ProcedureState
 from .. import errors
+from ..auth import Operator, Viewer
 from ..deps import ClientDep, SettingsDep
 from ..errors import GatewayError
 from ..schemas import (
@@ -38,7 +39,7 @@ def public_summary(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("", response_model=ProcedureListResponse, responses=error_responses(503))
-async def list_procedures(request: Request, client: ClientDep) -> dict[str, Any]:
+async def list_procedures(request: Request, client: ClientDep, _: Viewer) -> dict[str, Any]:
     """List the procedures in the device's history window, oldest first."""
     summaries = await client.list_procedures()
     return {"procedures": [public_summary(request, s) for s in summaries]}
@@ -51,7 +52,7 @@ async def list_procedures(request: Request, client: ClientDep) -> dict[str, Any]
     responses=error_responses(400, 503),
 )
 async def create_procedure(
-    body: CreateProcedureRequest, request: Request, client: ClientDep
+    body: CreateProcedureRequest, request: Request, client: ClientDep, caller: Operator
 ) -> dict[str, Any]:
     """Prepare a new procedure: load the script and call its ``init``.
 
@@ -63,14 +64,16 @@ async def create_procedure(
     for name in ("main", "run"):  # older clients send an empty "run" along with "init"
         if name in script_args and not any(script_args[name].values()):
             del script_args[name]
-    summary = await client.prepare(request_body)
+    summary = await client.prepare(request_body, requested_by=caller.user)
     return {"procedure": public_summary(request, summary)}
 
 
 @router.get(
     "/{procedure_id}", response_model=ProcedureResponse, responses=error_responses(400, 404, 503)
 )
-async def get_procedure(procedure_id: int, request: Request, client: ClientDep) -> dict[str, Any]:
+async def get_procedure(
+    procedure_id: int, request: Request, client: ClientDep, _: Viewer
+) -> dict[str, Any]:
     """Return one procedure."""
     return {"procedure": public_summary(request, await client.get_procedure(procedure_id))}
 
@@ -86,12 +89,14 @@ async def update_procedure(
     request: Request,
     client: ClientDep,
     settings: SettingsDep,
+    caller: Operator,
 ) -> dict[str, Any]:
     """Start (``"state": "RUNNING"``, with ``script_args.main``) or stop (``"state": "STOPPED"``,
     ``"abort": true`` to run the abort script afterwards) a procedure."""
     summary = await client.get_procedure(procedure_id)
     if body.state == "STOPPED":
-        return {"abort_message": await _stop(client, settings.stop_wait_seconds, summary, body)}
+        wait = settings.stop_wait_seconds
+        return {"abort_message": await _stop(client, wait, summary, body, caller.user)}
     if body.state == summary["state"]:
         return {"procedure": public_summary(request, summary)}
     if body.state != "RUNNING":
@@ -104,19 +109,23 @@ async def update_procedure(
             procedure_id, {ProcedureState.READY, *FINAL_STATES}, settings.start_wait_seconds
         )
     script_args = body.model_dump(mode="json", exclude_unset=True).get("script_args")
-    summary = await client.start_procedure(procedure_id, script_args)
+    summary = await client.start_procedure(procedure_id, script_args, requested_by=caller.user)
     return {"procedure": public_summary(request, summary)}
 
 
 async def _stop(
-    client: ClientDep, wait: float, summary: dict[str, Any], body: UpdateProcedureRequest
+    client: ClientDep,
+    wait: float,
+    summary: dict[str, Any],
+    body: UpdateProcedureRequest,
+    user: str,
 ) -> str:
     procedure_id = summary["id"]
     not_running = f"Cannot stop script with ID {procedure_id}: Script is not running"
     if summary["state"] in FINAL_STATES:
         return not_running
     try:
-        await client.stop_procedure(procedure_id, body.abort)
+        await client.stop_procedure(procedure_id, body.abort, requested_by=user)
     except GatewayError as exc:
         if exc.code == errors.STATE_CONFLICT:  # it finished meanwhile
             return not_running

@@ -21,8 +21,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
+from ..auth import Viewer
 from ..deps import ClientDep, SettingsDep
 from ..hub import EventHub, HubEvent
+from ..schemas import error_responses
 
 router = APIRouter(tags=["events"])
 
@@ -67,10 +69,11 @@ async def _messages(
                 yield KEEP_ALIVE
 
 
-@router.get("/stream", response_class=EventStreamResponse)
+@router.get("/stream", response_class=EventStreamResponse, responses=error_responses())
 async def stream_events(
     client: ClientDep,
     settings: SettingsDep,
+    _: Viewer,
     last_event_id: Annotated[str | None, Header()] = None,
     resume_after: Annotated[str | None, Query(alias="last_event_id")] = None,
 ) -> EventStreamResponse:
