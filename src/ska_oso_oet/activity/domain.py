@@ -7,6 +7,7 @@ result as an ordinary procedure whose lifecycle the activity follows.
 
 from __future__ import annotations
 
+import copy
 import enum
 import re
 import time
@@ -155,6 +156,8 @@ class Activity:
     activity_states: list[tuple[ActivityState, float]]
     procedure_id: int | None = None
     command_id: str | None = None
+    #: Who created, started, stopped or aborted it (entries as the engine's procedures have).
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> ActivityState:
@@ -180,6 +183,7 @@ class Activity:
             "state": str(self.state),
             "sbi_id": self.sbi_id,
             "command_id": self.command_id,
+            "audit": copy.deepcopy(self.audit),
         }
 
     @classmethod
@@ -194,4 +198,5 @@ class Activity:
             activity_states=[(ActivityState(s), float(t)) for s, t in data["activity_states"]],
             procedure_id=data.get("procedure_id"),
             command_id=data.get("command_id"),
+            audit=list(data.get("audit") or []),
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import events as topics
 from ..events import Event
-from ..procedure.domain import FunctionArgs, PrepareRequest, ProcedureState
+from ..procedure.domain import FunctionArgs, PrepareRequest, ProcedureState, audit_entry
 from ..procedure.errors import InvalidRequest, ProcedureNotFound, StateConflict
 from ..procedure.service import ScriptExecutionService
 from ..procedure.store import JsonTable
@@ -68,9 +68,15 @@ class ActivityService:
             return [a.summary() for a in self._activities.values()]
 
     # -- commands --------------------------------------------------------------------------
-    def run(self, request: ActivityRequest, command_id: str | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        request: ActivityRequest,
+        command_id: str | None = None,
+        requested_by: str | None = None,
+    ) -> dict[str, Any]:
         """Create a procedure for the activity; it starts by itself once READY unless
-        ``prepare_only``. Returns the activity summary (REQUESTED)."""
+        ``prepare_only``. Returns the activity summary (REQUESTED). ``requested_by`` goes into
+        the audit trails of the activity and its procedure."""
         sbd = self.sbds.get(request.sbd_id)
         scripts = sbd["activities"]
         if request.activity_name not in scripts:
@@ -101,6 +107,7 @@ class ActivityService:
             script_args={"init": init, "main": main},
             activity_states=[(ActivityState.TODO, time.time())],
             command_id=command_id or f"activity-{activity_id}-{secrets.token_hex(4)}",
+            audit=[audit_entry("created", requested_by)],
         )
         with self._lock:
             self._pending[activity.command_id] = activity
@@ -109,6 +116,7 @@ class ActivityService:
             init_args=init,
             autostart_args=None if request.prepare_only else main,
             command_id=activity.command_id,
+            requested_by=requested_by,
         )
         try:
             self._engine.prepare(prepare)
@@ -121,7 +129,10 @@ class ActivityService:
         return self.get(activity_id)
 
     def start(
-        self, procedure_id: int | None = None, main_args: FunctionArgs | None = None
+        self,
+        procedure_id: int | None = None,
+        main_args: FunctionArgs | None = None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
         """Start a READY procedure (default: the newest READY one), as the engine does.
 
@@ -144,13 +155,25 @@ class ActivityService:
                 merged = FunctionArgs(merged.args, {**merged.kwargs, **_instance_kwargs(base)})
                 activity.script_args = {**previous, "main": merged}
         if activity is None:
-            return self._engine.start(procedure_id, main_args)
+            return self._engine.start(procedure_id, main_args, requested_by)
         try:
-            return self._engine.start(procedure_id, merged)
+            summary = self._engine.start(procedure_id, merged, requested_by)
         except Exception:
             with self._lock:
                 activity.script_args = previous
             raise
+        self.note(procedure_id, "started", requested_by)
+        return summary
+
+    def note(self, procedure_id: int, action: str, user: str | None) -> None:
+        """Add to the audit trail of the activity running procedure ``procedure_id``, if any
+        (the device calls it when such a procedure is stopped or aborted)."""
+        with self._lock:
+            activity = self._by_procedure.get(procedure_id)
+            if activity is None:
+                return
+            activity.audit.append(audit_entry(action, user))
+            self._store.save(activity.id, activity.summary())
 
     def close(self) -> None:
         self._subscription.close()
@@ -173,6 +196,12 @@ class ActivityService:
         elif event.topic == topics.PROCEDURE_STATECHANGE:
             activity = self._by_procedure.get(payload["procedure_id"])
             state = FOLLOWS_PROCEDURE.get(ProcedureState(payload["new_state"]))
+            autostarted = payload["new_state"] == "RUNNING" and not (
+                activity is None or activity.prepare_only
+            )
+            if autostarted:  # started by itself, on behalf of whoever created it
+                with self._lock:
+                    activity.audit.append(audit_entry("started", activity.audit[0]["user"]))
             if activity is not None and state is not None:
                 self._advance(activity, state)
 

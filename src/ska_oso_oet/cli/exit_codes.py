@@ -17,5 +17,9 @@ BAD_REQUEST = 6
 SERVER_ERROR = 7
 #: ``start`` followed the procedure and it ended FAILED or STOPPED.
 PROCEDURE_FAILED = 8
+#: The server refused the credentials: no token, or one it does not accept (401).
+UNAUTHORIZED = 9
+#: The token is valid but its user lacks the role the request needs (403).
+FORBIDDEN = 10
 #: Interrupted with Ctrl-C where that is not the normal way to finish.
 INTERRUPTED = 130

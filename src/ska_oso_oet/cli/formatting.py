@@ -79,10 +79,25 @@ def describe(procedure: Mapping[str, Any]) -> str:
         )
         if script.get("create_env"):
             sections.append("Environment: created from the repository's dependencies")
+    if procedure.get("audit"):
+        sections.append(audit_table(procedure["audit"]))
     stacktrace = procedure["history"].get("stacktrace")
     if stacktrace:
         sections.append(f"Stack Trace:\n------------\n{stacktrace.rstrip()}")
     return "\n\n".join(sections)
+
+
+def audit_table(audit: Iterable[Mapping[str, Any]]) -> str:
+    """``Time  Action  By``: who created, started, stopped or aborted it."""
+    rows = [
+        (
+            _utc(e["at"], "%Y-%m-%d %H:%M:%S.%f") if e.get("at") else "",
+            e.get("action"),
+            e.get("user"),
+        )
+        for e in audit
+    ]
+    return tabulate.tabulate(rows, ["Time", "Action", "By"])
 
 
 def activity_table(activities: Iterable[Mapping[str, Any]]) -> str:
@@ -139,6 +154,7 @@ def describe_activity(activity: Mapping[str, Any]) -> str:
             ],
             ["Method", "Arguments", "Keyword Arguments"],
         ),
+        *([audit_table(activity["audit"])] if activity.get("audit") else []),
         "For details on script execution related to the activity\n"
         "use `oet procedure` commands with the Procedure ID",
     ]

@@ -28,6 +28,17 @@ _STATUS_EXIT = {
     404: exit_codes.NOT_FOUND,
     409: exit_codes.CONFLICT,
     422: exit_codes.BAD_REQUEST,
+    401: exit_codes.UNAUTHORIZED,
+    403: exit_codes.FORBIDDEN,
+}
+#: What a 401/403 means, and what to do about it.
+_AUTH_HINTS = {
+    401: "the server needs a valid token: pass --token, set OET_TOKEN, or put it in a token "
+    "file (--token-file, OET_TOKEN_FILE, default ~/.config/oet/token); an expired OIDC token "
+    "needs renewing",
+    403: "the token is valid but its user lacks the role this needs (viewer: read; operator: "
+    "create/start/stop procedures and run activities; admin: store SBDs); ask an OET "
+    "administrator for it",
 }
 
 
@@ -48,10 +59,14 @@ class OetHttp:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ):
         self.base_url = normalise_url(server_url)
         self._timeout = timeout
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -89,7 +104,8 @@ class OetHttp:
         except (ValueError, KeyError, TypeError):
             text = " ".join(response.text.split())[:300]
             message = f"The server answered {response.status_code} {response.reason_phrase}: {text}"
-        return CliError(message, code)
+        hint = _AUTH_HINTS.get(response.status_code)
+        return CliError(f"{message}\n  ({hint})" if hint else message, code)
 
     def list_procedures(self) -> list[dict[str, Any]]:
         return self._request("GET", "/procedures")["procedures"]

@@ -5,13 +5,16 @@
     oet [--server-url URL] listen
 
 The older top-level forms (``oet create``, ``oet list``, ``oet start``, ``oet stop``,
-``oet describe``) keep working. ``OET_REST_URI`` sets the server URL.
+``oet describe``) keep working. ``OET_REST_URI`` sets the server URL; ``--token``,
+``OET_TOKEN`` or a token file (``--token-file``, ``OET_TOKEN_FILE``, ``~/.config/oet/token``)
+the bearer token of a gateway with authentication.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,6 +23,9 @@ from .args import normalise_flags
 from .commands import activities, events, procedures
 from .commands.common import CliState
 from .http import DEFAULT_URL
+
+#: Read when neither --token nor --token-file (nor their variables) is given.
+DEFAULT_TOKEN_FILE = Path("~/.config/oet/token")
 
 app = typer.Typer(
     name="oet",
@@ -55,11 +61,50 @@ def root(
             show_default=True,
         ),
     ] = DEFAULT_URL,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="OET_TOKEN",
+            help="Bearer token for a gateway with authentication (an OIDC access token or a "
+            "token of its tokens file). Prefer OET_TOKEN or a token file: command lines are "
+            "visible to other users.",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar="OET_TOKEN_FILE",
+            help=f"File holding the bearer token [default: {DEFAULT_TOKEN_FILE}, if it exists].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Control and monitor the Observation Execution Tool."""
     if not isinstance(ctx.obj, CliState):
-        ctx.obj = CliState(server_url)
+        ctx.obj = CliState(server_url, token=resolve_token(token, token_file))
         ctx.call_on_close(ctx.obj.close)
+
+
+def resolve_token(token: str | None, token_file: Path | None) -> str | None:
+    """The bearer token: ``--token``/``OET_TOKEN``, else the token file's first line."""
+    if token:
+        return token.strip()
+    path = (token_file or DEFAULT_TOKEN_FILE).expanduser()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if token_file is not None:  # named explicitly: say so rather than go on without
+            print(f"Error: token file {path} does not exist", file=sys.stderr)
+            raise typer.Exit(2) from None
+        return None
+    except OSError as exc:
+        print(f"Error: cannot read token file {path}: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -147,6 +147,12 @@ def parse_script(data: Any) -> ScriptSpec:
     uri = data.get("script_uri")
     if not isinstance(uri, str) or not uri:
         raise InvalidRequest("script.script_uri is required and must be a string")
+    if len(uri) > 4096 or any(ord(ch) < 32 or ch == "\x7f" for ch in uri):
+        # A path the OS cannot take (NUL) must be a bad request, not an error deep inside.
+        raise InvalidRequest(
+            f"script.script_uri must be at most 4096 characters without control characters, "
+            f"got {uri[:100]!r}{'...' if len(uri) > 100 else ''}"
+        )
     script_type = data.get("script_type") or ("git" if uri.startswith("git://") else "filesystem")
     if script_type == "filesystem":
         if not uri.startswith("file://"):
@@ -181,6 +187,15 @@ def parse_script(data: Any) -> ScriptSpec:
     raise InvalidRequest(f"unknown script_type {script_type!r}; expected 'filesystem' or 'git'")
 
 
+#: The audit trail's user for what the engine does by itself (e.g. recovery).
+ENGINE_USER = "oet"
+
+
+def audit_entry(action: str, user: str | None) -> dict[str, Any]:
+    """One audit-trail entry: who (``user``) did what (``action``) when (``at``, epoch s)."""
+    return {"action": action, "user": user or ENGINE_USER, "at": time.time()}
+
+
 @dataclass(frozen=True)
 class PrepareRequest:
     """Everything needed to create a procedure."""
@@ -190,6 +205,8 @@ class PrepareRequest:
     #: Arguments for ``main`` when the procedure should start by itself once READY.
     autostart_args: FunctionArgs | None = None
     command_id: str | None = None
+    #: Who asked (the audit trail's user); None for the engine's own procedures.
+    requested_by: str | None = None
 
     @classmethod
     def from_dict(cls, body: Any, command_id: str | None = None) -> PrepareRequest:
@@ -227,6 +244,8 @@ class Procedure:
     command_id: str | None = None
     #: Free-form facts recorded on the way (e.g. the git commit actually used).
     details: dict[str, Any] = field(default_factory=dict)
+    #: Who created, started, stopped or aborted it: ``{"action", "user", "at"}`` entries.
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def new(cls, pid: int, request: PrepareRequest) -> Procedure:
@@ -236,7 +255,12 @@ class Procedure:
             script_args={"init": request.init_args},
             process_states=[(ProcedureState.CREATING, time.time())],
             command_id=request.command_id,
+            audit=[audit_entry("created", request.requested_by)],
         )
+
+    def note(self, action: str, user: str | None) -> None:
+        """Add an entry to the audit trail (``user`` None: the engine itself)."""
+        self.audit.append(audit_entry(action, user))
 
     @property
     def state(self) -> ProcedureState:
@@ -263,6 +287,7 @@ class Procedure:
             },
             "state": str(self.state),
             "command_id": self.command_id,
+            "audit": copy.deepcopy(self.audit),
         }
         if self.details:
             summary["details"] = copy.deepcopy(self.details)
@@ -282,4 +307,5 @@ class Procedure:
             stacktrace=summary["history"].get("stacktrace"),
             command_id=summary.get("command_id"),
             details=dict(summary.get("details") or {}),
+            audit=list(summary.get("audit") or []),
         )

@@ -145,9 +145,13 @@ class ScriptExecutionService:
         return self._create(request)
 
     def start(
-        self, procedure_id: int | None = None, main_args: FunctionArgs | None = None
+        self,
+        procedure_id: int | None = None,
+        main_args: FunctionArgs | None = None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
-        """Call ``main`` of a READY procedure (default: the newest READY one)."""
+        """Call ``main`` of a READY procedure (default: the newest READY one); ``requested_by``
+        goes into its audit trail."""
         args = main_args or FunctionArgs()
         with self._lock:
             if procedure_id is None:
@@ -169,6 +173,8 @@ class ScriptExecutionService:
                 )
             assert run.worker is not None
             run.procedure.script_args["main"] = args
+            run.procedure.note("started", requested_by)
+            LOGGER.info("procedure %d started by %s", run.id, run.procedure.audit[-1]["user"])
             self._transition(run, State.RUNNING)
             summary = run.procedure.summary()
             worker = run.worker
@@ -178,10 +184,14 @@ class ScriptExecutionService:
         return summary
 
     def stop(
-        self, procedure_id: int | None = None, run_abort: bool = False
+        self,
+        procedure_id: int | None = None,
+        run_abort: bool = False,
+        requested_by: str | None = None,
     ) -> list[dict[str, Any]]:
         """Stop a procedure (default: the running one); with ``run_abort`` then run the abort
-        script for its subarray as a procedure of its own."""
+        script for its subarray as a procedure of its own. ``requested_by`` goes into the
+        audit trails of both."""
         if run_abort and not self.config.abort_script:
             raise InvalidRequest("no abort script is configured (device property AbortScript)")
         with self._lock:
@@ -194,6 +204,13 @@ class ScriptExecutionService:
             if run.state.is_final:
                 raise StateConflict(f"procedure {run.id} has already finished ({run.state})")
             first_request = not run.stop_requested
+            run.procedure.note("aborted" if run_abort else "stopped", requested_by)
+            LOGGER.info(
+                "procedure %d %s by %s",
+                run.id,
+                run.procedure.audit[-1]["action"],
+                run.procedure.audit[-1]["user"],
+            )
             run.stop_requested = True
             run.cancel.set()
             worker = run.worker
@@ -208,20 +225,26 @@ class ScriptExecutionService:
                 FileSystemScript(self.config.abort_script),
                 init_args=FunctionArgs(kwargs={"subarray_id": subarray}),
                 autostart_args=FunctionArgs(),
+                requested_by=requested_by,
             )
             summaries.append(self._create(abort))
         return summaries
 
-    def abort(self, when_idle: bool = True) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def abort(
+        self, when_idle: bool = True, requested_by: str | None = None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Abort on this subarray: stop the running procedure and then run the abort script
         when one is configured; with nothing running, run the abort script alone (when
         ``when_idle``). Returns the summaries of the procedure stopped and of the abort
-        procedure, each None when there is none."""
+        procedure, each None when there is none. ``requested_by`` goes into the audit
+        trails."""
         with self._lock:
             running = self._running()
         if running is not None:
             try:
-                summaries = self.stop(running.id, run_abort=bool(self.config.abort_script))
+                summaries = self.stop(
+                    running.id, run_abort=bool(self.config.abort_script), requested_by=requested_by
+                )
             except StateConflict:
                 pass  # it ended in the meantime: nothing runs now
             else:
@@ -232,6 +255,7 @@ class ScriptExecutionService:
             FileSystemScript(self.config.abort_script),
             init_args=FunctionArgs(kwargs={"subarray_id": self.config.subarray_id}),
             autostart_args=FunctionArgs(),
+            requested_by=requested_by,
         )
         return None, self._create(abort)
 
@@ -265,6 +289,7 @@ class ScriptExecutionService:
             self._next_id += 1
             self._runs[run.id] = run
             summary = run.procedure.summary()
+            LOGGER.info("procedure %d created by %s", run.id, run.procedure.audit[0]["user"])
             self._publish(topics.PROCEDURE_CREATED, run.id, result=summary)
             self._persist(run)
         threading.Thread(
@@ -398,7 +423,8 @@ class ScriptExecutionService:
         with self._lock:
             self._changed.wait_for(lambda: self._running() is None, timeout)
         try:
-            self.start(run.id, run.autostart)
+            # Started on behalf of whoever created it (an activity, an abort request).
+            self.start(run.id, run.autostart, requested_by=run.procedure.audit[0]["user"])
         except StateConflict as exc:
             self._fail(run, f"could not start automatically: {exc}", None)
             if run.worker is not None:

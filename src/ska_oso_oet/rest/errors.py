@@ -65,14 +65,6 @@ class GatewayError(Exception):
 
 #: Longest message sent in an error body: errors must not echo a large input back.
 MAX_MESSAGE_CHARS = 2000
-#: How much of an offending value a message quotes.
-QUOTE_PREFIX = 120
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` cut to a short prefix, for quoting user input in messages."""
-    text = repr(value)
-    return text if len(text) <= QUOTE_PREFIX else text[:QUOTE_PREFIX] + "..."
 
 
 def error_body(status: int, error_type: str, message: str) -> dict[str, str]:

@@ -14,11 +14,11 @@ memory and time and is answered with the documented error body:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
+from ..jsonlimits import json_depth_exceeds
 from .errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -26,23 +26,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-#: A JSON string (skipped whole, so brackets inside strings do not count) or a bracket.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
-
-
-def json_depth_exceeds(body: bytes, limit: int) -> bool:
-    """True when ``body`` nests arrays/objects deeper than ``limit`` (without parsing it)."""
-    depth = 0
-    for match in _JSON_TOKENS.finditer(body):
-        token = match.group()
-        if token in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        elif token in (b"]", b"}"):
-            depth -= 1
-    return False
 
 
 class RequestLimits:

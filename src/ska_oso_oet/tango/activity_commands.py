@@ -24,11 +24,14 @@ from tango.server import command
 from ..activity.domain import ActivityRequest
 from ..activity.service import ActivityService
 from ..events import dumps
+from ..jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds
 from .ska import ResultCode, generate_command_id
 
 #: Keys of the RunActivity argument (as the body of the REST POST /activities).
 RUN_ACTIVITY_KEYS = {"activity_name", "sbd_id", "script_args", "prepare_only", "create_env"}
 _LRC_REPLY = "DevVarLongStringArray"
+#: Largest AddSbd argument (the device's own limit for other commands is the same).
+MAX_ARGUMENT_CHARS = 1024 * 1024
 
 
 class ActivityCommands:
@@ -66,11 +69,12 @@ class ActivityCommands:
 
     def _run_activity(self, argin: str) -> list[Any]:
         body = self._decode(argin, "RunActivity", RUN_ACTIVITY_KEYS)
+        user = self._requester(body, "RunActivity")
         request = self._call("RunActivity", ActivityRequest.from_dict, body)
         command_id = generate_command_id("RunActivity")
         with self._power_lock:
             activities = self._activities("RunActivity", new_script=True)
-            self._accept("RunActivity", activities.run, request, command_id)
+            self._accept("RunActivity", activities.run, request, command_id, user)
         self.submit(self.lrc_started, command_id)
         self.submit(self._activity_view.track, command_id, request.prepare_only)
         self.submit(self._complete_activities)
@@ -116,9 +120,17 @@ class ActivityCommands:
         """Store (or replace) a scheduling block definition for RunActivity; other fields are
         kept untouched and given to the activity's script."""
         activities = self._activities("AddSbd")
+        text = argin or ""
+        if len(text) > MAX_ARGUMENT_CHARS or json_depth_exceeds(text, MAX_JSON_DEPTH):
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"an SBD must be at most {MAX_ARGUMENT_CHARS} characters of JSON nested at "
+                f"most {MAX_JSON_DEPTH} levels deep",
+                "AddSbd",
+            )
         try:
-            document = json.loads(argin or "")
-        except ValueError as exc:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as exc:
             self._fail("OET_INVALID_REQUEST", f"argument is not valid JSON: {exc}", "AddSbd")
         stored = self._call("AddSbd", activities.sbds.add, document)
         self.logger.info("stored SBD %s", stored["sbd_id"])

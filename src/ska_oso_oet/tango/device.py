@@ -44,7 +44,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, NoReturn, TypeVar
 
 import tango
@@ -53,6 +53,7 @@ from tango.server import attribute, command, device_property
 
 from ..activity.service import ActivityService
 from ..events import Event, dumps
+from ..jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds, shown
 from ..procedure.config import OetConfig, config_from_sources
 from ..procedure.domain import PrepareRequest, parse_script_args
 from ..procedure.errors import OetError
@@ -104,6 +105,20 @@ PROPERTY_SETTINGS = {
 
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
+#: Largest command argument (JSON text) accepted; far above any real request.
+MAX_ARGUMENT_CHARS = 1024 * 1024
+#: Largest ``script_args`` of one request (JSON), and of one procedure's summary in total:
+#: every summary is kept in the history window, the state database and every client's list.
+MAX_SCRIPT_ARGS_CHARS = 256 * 1024
+MAX_SUMMARY_CHARS = 512 * 1024
+#: Longest message of a refusal (it goes to the client and to the log).
+MAX_MESSAGE_CHARS = 2000
+#: Optional key of the Prepare/Start/Stop/RunActivity arguments: the user on whose behalf a
+#: client (the REST gateway) asks, recorded in the audit trail. Clients that may write the
+#: device are trusted with it; Tango access control decides who they are (see
+#: docs/security.md).
+REQUESTED_BY = "requested_by"
+_USER_NAME = re.compile(r"^[\w.@:+-][\w .@:+/-]{0,127}$")
 _LRC_REPLY = "DevVarLongStringArray"
 #: Topic of the value lastEvent has before the engine published anything (seq 0: a client
 #: that follows seq, like the gateway, knows it is no engine event).
@@ -379,6 +394,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
 
     # ----- request helpers ------------------------------------------------------------------
     def _fail(self, reason: str, message: str, origin: str) -> NoReturn:
+        if len(message) > MAX_MESSAGE_CHARS:  # never echo a large input back, nor log it
+            message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} characters)"
         self.logger.info("%s refused: %s (%s)", origin, message, reason)
         tango.Except.throw_exception(reason, message, f"{self.get_name()}/{origin}")
         raise AssertionError("unreachable")  # throw_exception always raises
@@ -436,23 +453,76 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return [[int(ResultCode.STARTED)], [command_id]]
 
     def _decode(self, argin: str, origin: str, allowed: set[str]) -> dict[str, Any]:
+        """The JSON object of a command argument, bounded in size and depth; the optional
+        :data:`REQUESTED_BY` key is accepted by every command."""
         text = (argin or "").strip()
         if not text:
             return {}
+        if len(text) > MAX_ARGUMENT_CHARS:
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"argument of {len(text)} characters refused; at most {MAX_ARGUMENT_CHARS}",
+                origin,
+            )
+        if json_depth_exceeds(text, MAX_JSON_DEPTH):
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"argument nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                origin,
+            )
         try:
             body = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             self._fail("OET_INVALID_REQUEST", f"argument is not valid JSON: {exc}", origin)
         if not isinstance(body, dict):
             self._fail("OET_INVALID_REQUEST", "argument must be a JSON object", origin)
-        unknown = set(body) - allowed
+        unknown = set(body) - allowed - {REQUESTED_BY}
         if unknown:
+            names = ", ".join(shown(k) for k in sorted(unknown)[:5])
             self._fail(
                 "OET_INVALID_REQUEST",
-                f"unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}",
+                f"unknown keys {names}; expected some of {sorted(allowed)}",
                 origin,
             )
+        if "script_args" in body:
+            size = len(json.dumps(body["script_args"]))
+            if size > MAX_SCRIPT_ARGS_CHARS:
+                self._fail(
+                    "OET_INVALID_REQUEST",
+                    f"script_args of {size} characters refused; at most {MAX_SCRIPT_ARGS_CHARS}",
+                    origin,
+                )
         return body
+
+    def _requester(self, body: dict[str, Any], origin: str) -> str:
+        """Who asks, for the audit trail: the :data:`REQUESTED_BY` user a client (the REST
+        gateway) passes on, else the Tango client's identity (``tango`` when Tango gives
+        none)."""
+        client = self._tango_client()
+        user = body.get(REQUESTED_BY)
+        if user is None:
+            return client
+        if not isinstance(user, str) or not _USER_NAME.match(user):
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"{REQUESTED_BY} must be a user name (at most 128 characters), got {shown(user)}",
+                origin,
+            )
+        self.logger.info("%s on behalf of %s, from %s", origin, user, client)
+        return user
+
+    def _tango_client(self) -> str:
+        """``tango:<host>:<pid>`` of the client running the current command, or ``tango``."""
+        try:
+            ident = self.get_client_ident()
+        except Exception:  # not inside a client request (e.g. a direct call in tests)
+            return "tango"
+        if ident is None or not getattr(ident, "client_ident", False):
+            return "tango"
+        host = str(getattr(ident, "client_ip", "") or "").removeprefix("giop:tcp:")
+        host = host.rsplit(":", 1)[0] if host.count(":") >= 1 else host
+        pid = getattr(ident, "client_pid", 0)
+        return f"tango:{host or 'unknown'}:{pid}" if pid else f"tango:{host or 'unknown'}"
 
     def _procedure_id(self, body: dict[str, Any], origin: str) -> int | None:
         pid = body.get("procedure_id")
@@ -461,6 +531,24 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         if isinstance(pid, bool) or not isinstance(pid, int) or pid < 1:
             self._fail("OET_INVALID_REQUEST", "procedure_id must be a positive integer", origin)
         return pid
+
+    def _check_summary_size(self, pid: int | None, script_args: Any, origin: str) -> None:
+        """Refuse a Start whose arguments would make the procedure's summary too large."""
+        service = self._service
+        if pid is None or not script_args or service is None:
+            return
+        try:
+            current = len(dumps(service.get(pid)))
+        except OetError:
+            return  # an unknown id: the engine says so
+        total = current + len(json.dumps(script_args))
+        if total > MAX_SUMMARY_CHARS:
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"procedure {pid}'s summary would take {total} characters with these "
+                f"script_args; at most {MAX_SUMMARY_CHARS}",
+                origin,
+            )
 
     def _begin(self, command_id: str, kind: str, procedure_id: int, extra: list[int]) -> list[Any]:
         self.submit(self.lrc_started, command_id)
@@ -487,8 +575,10 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     def _prepare(self, argin: str) -> list[Any]:
         allowed = {"script", "script_uri", "script_type", "git_args", "create_env", "script_args"}
         body = self._decode(argin, "Prepare", allowed)
+        user = self._requester(body, "Prepare")
         command_id = generate_command_id("Prepare")
         request = self._call("Prepare", PrepareRequest.from_dict, body, command_id=command_id)
+        request = replace(request, requested_by=user)
         with self._power_lock:
             service = self._engine("Prepare", new_script=True)
             summary = self._accept("Prepare", service.prepare, request)
@@ -507,17 +597,19 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
 
     def _start(self, argin: str) -> list[Any]:
         body = self._decode(argin, "Start", {"procedure_id", "script_args"})
+        user = self._requester(body, "Start")
         pid = self._procedure_id(body, "Start")
         fn_args = self._call("Start", parse_script_args, body.get("script_args"))
         if "init" in fn_args:
             self._fail(
                 "OET_INVALID_REQUEST", "init arguments are given to Prepare, not Start", "Start"
             )
+        self._check_summary_size(pid, body.get("script_args"), "Start")
         command_id = generate_command_id("Start")
         with self._power_lock:
             service = self._engine("Start", new_script=True)
             start = self._activity_service.start if self._activity_service else service.start
-            summary = self._accept("Start", start, pid, fn_args.get("main"))
+            summary = self._accept("Start", start, pid, fn_args.get("main"), user)
         return self._begin(command_id, "Start", summary["id"], [])
 
     @command(
@@ -532,12 +624,13 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
 
     def _stop_command(self, argin: str) -> list[Any]:
         body = self._decode(argin, "Stop", {"procedure_id", "run_abort"})
+        user = self._requester(body, "Stop")
         service = self._engine("Stop")
         pid = self._procedure_id(body, "Stop")
         run_abort = body.get("run_abort", False)
         if not isinstance(run_abort, bool):
             self._fail("OET_INVALID_REQUEST", "run_abort must be true or false", "Stop")
-        return self._stop(service, "Stop", pid, run_abort)
+        return self._stop(service, "Stop", pid, run_abort, user)
 
     @command(
         dtype_out=_LRC_REPLY,
@@ -559,7 +652,10 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
             return self._finish_now(command_id, ResultCode.OK, "[]")
         # An OFFLINE device may still run a script started before; it runs no new one.
         enabled = self._admin_mode in COMMAND_ACCEPTING_ADMIN_MODES
-        stopped, abort = self._accept(origin, service.abort, when_idle=enabled)
+        user = self._tango_client()
+        stopped, abort = self._accept(origin, service.abort, when_idle=enabled, requested_by=user)
+        if stopped is not None and self._activity_service is not None:
+            self._activity_service.note(stopped["id"], "aborted", user)
         if stopped is not None and abort is not None:
             return self._begin(command_id, "Stop", stopped["id"], [abort["id"]])
         if stopped is not None:
@@ -578,10 +674,13 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._finish_now(command_id, ResultCode.OK, "[]")
 
     def _stop(
-        self, service: ScriptExecutionService, name: str, pid: int | None, abort: bool
+        self, service: ScriptExecutionService, name: str, pid: int | None, abort: bool, user: str
     ) -> list[Any]:
         command_id = generate_command_id(name)
-        summaries = self._accept(name, service.stop, pid, run_abort=abort)
+        summaries = self._accept(name, service.stop, pid, run_abort=abort, requested_by=user)
+        if self._activity_service is not None:
+            action = "aborted" if abort else "stopped"
+            self._activity_service.note(summaries[0]["id"], action, user)
         extra = [s["id"] for s in summaries[1:]]
         return self._begin(command_id, "Stop", summaries[0]["id"], extra)
 

@@ -17,12 +17,13 @@ class CliState:
     """Per-invocation state: the server URL and, once needed, the HTTP client."""
 
     server_url: str
+    token: str | None = field(default=None, repr=False)
     _http: OetHttp | None = field(default=None, repr=False)
 
     @property
     def http(self) -> OetHttp:
         if self._http is None:
-            self._http = OetHttp(self.server_url)
+            self._http = OetHttp(self.server_url, token=self.token)
         return self._http
 
     def close(self) -> None:
