@@ -8,11 +8,15 @@ through, so new summary fields reach clients without a gateway release.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..vocabulary import ProcedureState
+
+#: A URI, path or name sent on to the device: bounded and free of control characters (a NUL
+#: would otherwise fail deep inside the engine, not as a 400 here).
+Text = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class FunctionArgs(BaseModel):
@@ -28,9 +32,9 @@ class GitArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     #: None: the engine's default repository (ska-oso-scripting unless configured).
-    git_repo: str | None = None
-    git_branch: str | None = None
-    git_commit: str | None = None
+    git_repo: Text | None = None
+    git_branch: Text | None = None
+    git_commit: Text | None = None
 
 
 class Script(BaseModel):
@@ -38,7 +42,7 @@ class Script(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     script_type: Literal["filesystem", "git"] | None = None
-    script_uri: str = Field(min_length=1, examples=["file:///scripts/hello_world.py"])
+    script_uri: Text = Field(examples=["file:///scripts/hello_world.py"])
     git_args: GitArgs | None = None
     create_env: bool = False
 
@@ -62,7 +66,7 @@ class CreateProcedureRequest(BaseModel):
         },
     )
     script: Script | None = None
-    script_uri: str | None = None
+    script_uri: Text | None = None
     script_type: Literal["filesystem", "git"] | None = None
     git_args: GitArgs | None = None
     create_env: bool | None = None
@@ -141,8 +145,8 @@ class CreateActivityRequest(BaseModel):
             ]
         },
     )
-    activity_name: str = Field(min_length=1)
-    sbd_id: str = Field(min_length=1)
+    activity_name: Text
+    sbd_id: Text
     script_args: dict[str, FunctionArgs] = Field(default_factory=dict)
     prepare_only: bool = False
     create_env: bool = False
