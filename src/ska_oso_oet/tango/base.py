@@ -262,6 +262,8 @@ class SkaDevice(Device):
         state, status, health = self.condition()
         previous = self._published_condition
         self._published_condition = (state, status, health)
+        # healthState first: a client woken by the State event reads a consistent health.
+        self._health_state = health
         if previous is None or previous[0] != state or previous[1] != status:
             self.set_state(state)
             self.set_status(status)
@@ -271,7 +273,6 @@ class SkaDevice(Device):
                 self.push_change_event("Status")
                 self.push_archive_event("Status")
         if previous is None or previous[2] != health:
-            self._health_state = health
             self.push("healthState", health)
 
     # ----- long-running commands ------------------------------------------------------------
