@@ -53,6 +53,8 @@ class BenchStack:
         self.subarrays = subarrays
         self._tmp = tempfile.TemporaryDirectory(prefix="oet-bench-")
         self.data_dir = Path(self._tmp.name)
+        #: Where benchmark git repositories live (allowed by the devices).
+        self.git_repos = self.data_dir / "git-bench"
         self.tango_host = ""
         self.rest_url = ""
         self.output: list[str] = []
@@ -102,6 +104,9 @@ class BenchStack:
                     "HistorySize": ["10"],
                     "StopGraceSeconds": [str(STOP_GRACE_SECONDS)],
                     "WarmWorkers": ["2"],
+                    # G2's local repositories and their file:// dependencies (offline).
+                    "AllowedRepositories": [f"{self.git_repos.as_uri()}/*"],
+                    "PipOptions": ["--no-index"],
                 }
             }
             for n in range(1, self.subarrays + 1)

@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from .git_figures import g1_environment_builds, g2_cached_git_prepare
 from .harness import BenchStack, OetClient
 from .http_figures import gateway, p6_events
 from .tango_figures import (
@@ -40,7 +41,7 @@ from .tango_figures import (
     p7_scale,
 )
 
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2")
 TITLES = {
     "P1": "Prepare -> READY (script imports tango)",
     "P2": "Start -> RUNNING event",
@@ -50,6 +51,8 @@ TITLES = {
     "P6": "20,000 announces -> Tango subscriber",
     "P7": "16 devices prepare+run+complete concurrently (wall)",
     "gateway": "GET /procedures (4 clients)",
+    "G1": "Environment first build, 5 local deps: uv (baseline: pip)",
+    "G2": "Prepare -> READY, git script, checkout + env cached",
 }
 PART_TITLES = {
     "start_to_complete_noop": "Start -> COMPLETE (no-op script)",
@@ -59,6 +62,9 @@ PART_TITLES = {
     "sse": "20,000 announces -> SSE client",
     "per_device": "per-device prepare -> COMPLETE",
     "post_to_ready": "POST /procedures -> READY (SSE)",
+    "reuse_uv": "environment reuse (uv-built)",
+    "reuse_pip": "environment reuse (pip-built)",
+    "without_env": "Prepare -> READY, git script, OET environment",
 }
 
 
@@ -141,6 +147,8 @@ def measure(
                     dev, stack.rest_url, plan, (results.get("P1") or {}).get("median_ms")
                 ),
             ),
+            ("G1", lambda: g1_environment_builds(plan)),
+            ("G2", lambda: g2_cached_git_prepare(dev, stack.git_repos, plan)),
         ]
         for key, step in steps:
             if key not in only:
