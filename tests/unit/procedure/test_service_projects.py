@@ -128,8 +128,21 @@ def test_two_commits_prepared_side_by_side_each_import_their_own_code(
     # Both are READY (their code imported) before either runs.
     assert run(service, pids[1])[0].startswith("code=v2")
     assert run(service, pids[0])[0].startswith("code=v1")
-    # The same holds in the OET's own environment (no create_env): the package comes from
-    # each procedure's checkout, the dependency from the test's wheel folder on the path.
+
+
+def test_two_subarrays_sharing_the_caches_each_run_their_own_commit(
+    make_git_service, tmp_path, dep_wheel
+):
+    repo = make_repo(tmp_path / "repo")
+    first = repo.commit(pep621_files(dep_wheel.as_uri(), "v1"), "v1")
+    second = repo.commit({"src/obsproj/__init__.py": 'CODE = "v2"\n'}, "v2")
+    one = make_git_service(repo.url, subarray_id=1, state_database=tmp_path / "one.sqlite")
+    two = make_git_service(repo.url, subarray_id=2, state_database=tmp_path / "two.sqlite")
+    pid_one = ready(one, request(repo.url, git_commit=first))
+    pid_two = ready(two, request(repo.url, git_commit=second))
+    assert run(two, pid_two)[0].startswith("code=v2")
+    assert run(one, pid_one)[0].startswith("code=v1")
+    assert one.get(pid_one)["details"]["environment"] == two.get(pid_two)["details"]["environment"]
 
 
 def test_poetry_project_main_group_path_dependencies_and_local_library(
