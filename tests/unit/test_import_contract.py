@@ -122,7 +122,9 @@ def _required_imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["vocabulary.py", "procedure/worker.py"])
+@pytest.mark.parametrize(
+    "module", ["vocabulary.py", "procedure/worker.py", "procedure/protocol.py"]
+)
 def test_module_needs_only_the_standard_library(module: str) -> None:
     imported = _required_imports(PACKAGE / module)
     foreign = sorted(name for name in imported if name not in sys.stdlib_module_names)

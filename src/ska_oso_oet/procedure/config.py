@@ -75,20 +75,54 @@ class OetConfig:
     env_groups: tuple[str, ...] = ()
     #: Extras of a repository's project installed into its environment.
     env_extras: tuple[str, ...] = ()
+    #: Address space one script process may use, in bytes (RLIMIT_AS; 0: no limit). A script
+    #: past it gets MemoryError instead of pushing the host into swap or the OOM killer.
+    script_memory_bytes: int = 4 * 1024**3
+    #: Procedures that may exist unfinished at once per device (each holds a process).
+    max_prepared: int = 16
+    #: Events waiting for the device beyond which a script's output, logs and events are held
+    #: back (the script is slowed, nothing is dropped).
+    event_queue_limit: int = 5000
+    #: Longest output line passed on, in characters; longer ones are cut, with a marker.
+    max_line_length: int = 65536
 
     def __post_init__(self) -> None:
-        if self.history_size < 1:
-            raise ValueError("history_size must be at least 1")
-        if self.warm_workers < 0:
-            raise ValueError("warm_workers must not be negative")
-        if self.stop_grace_seconds < 0:
-            raise ValueError("stop_grace_seconds must not be negative")
-        if self.env_installer not in ("auto", "uv", "pip"):
-            raise ValueError(f"env_installer must be auto, uv or pip, not {self.env_installer!r}")
+        checks = (
+            ("history_size", self.history_size >= 1, "must be at least 1"),
+            ("warm_workers", self.warm_workers >= 0, "must not be negative"),
+            ("stop_grace_seconds", self.stop_grace_seconds >= 0, "must not be negative"),
+            ("script_memory_bytes", self.script_memory_bytes >= 0, "must not be negative"),
+            ("max_prepared", self.max_prepared >= 1, "must be at least 1"),
+            ("event_queue_limit", self.event_queue_limit >= 1, "must be at least 1"),
+            ("max_line_length", self.max_line_length >= 80, "must be at least 80"),
+            (
+                "env_installer",
+                self.env_installer in ("auto", "uv", "pip"),
+                "must be auto, uv or pip",
+            ),
+        )
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"{setting_label(name)} {why}, got {getattr(self, name)!r}")
+        if self.abort_script is not None and not self.abort_script.startswith("file:///"):
+            raise ValueError(
+                f"{setting_label('abort_script')} must be a file:///absolute/path.py URI, "
+                f"got {self.abort_script!r}"
+            )
 
 
 #: Setting name -> environment variable. Settings are the field names of OetConfig.
 ENVIRONMENT_VARIABLES = {f.name: "OET_" + f.name.upper() for f in fields(OetConfig)}
+#: Setting name -> Tango device property, for error messages (filled in by the Tango adapter,
+#: which owns the property names).
+PROPERTY_NAMES: dict[str, str] = {}
+
+
+def setting_label(name: str) -> str:
+    """How a user finds a setting: ``AbortScript (abort_script, OET_ABORT_SCRIPT)``, say."""
+    variable = "OET_" + name.upper()
+    prop = PROPERTY_NAMES.get(name)
+    return f"{prop} ({name}, {variable})" if prop else f"{name} ({variable})"
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -121,7 +155,16 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(Path(v) for v in items) if name == "script_roots" else tuple(items)
     if name in ("state_database", "environments_dir", "git_cache_dir", "sb_store"):
         return Path(value) if value not in (None, "") else None
-    if name in ("history_size", "warm_workers", "subarray_id", "worker_nice"):
+    if name in (
+        "history_size",
+        "warm_workers",
+        "subarray_id",
+        "worker_nice",
+        "script_memory_bytes",
+        "max_prepared",
+        "event_queue_limit",
+        "max_line_length",
+    ):
         return int(value)
     if name == "stop_grace_seconds":
         return float(value)
@@ -140,10 +183,16 @@ def config_from_sources(
     merged: dict[str, Any] = {}
     for name, variable in ENVIRONMENT_VARIABLES.items():
         if environ and environ.get(variable) not in (None, ""):
-            merged[name] = _coerce(name, environ[variable])
+            try:
+                merged[name] = _coerce(name, environ[variable])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{variable} is invalid ({environ[variable]!r}): {exc}") from None
     for name, value in (settings or {}).items():
         if name not in ENVIRONMENT_VARIABLES:
             raise ValueError(f"unknown OET setting {name!r}")
         if value is not None:
-            merged[name] = _coerce(name, value)
+            try:
+                merged[name] = _coerce(name, value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{setting_label(name)} is invalid ({value!r}): {exc}") from None
     return replace(OetConfig(), **merged)

@@ -34,3 +34,9 @@ class EngineUnavailable(OetError):
     """The engine cannot work (e.g. worker processes cannot be started)."""
 
     code = "OET_ENGINE_UNAVAILABLE"
+
+
+class LimitExceeded(OetError):
+    """A configured limit would be passed (e.g. too many unfinished procedures)."""
+
+    code = "OET_LIMIT"

@@ -1,11 +1,19 @@
-"""How worker processes are started.
+"""How worker processes are started, supervised and ended.
 
 The device server runs omniORB threads, so it never forks itself. Instead a fork server (the
 "zygote", see :mod:`.worker`) is started with fork+exec at launch; it imports the heavy modules
 scripts use (``tango``, ``pubsub``) once and forks a fresh worker per procedure in a few
 milliseconds. A small warm pool of already-forked idle workers takes even that off the
-prepare path. Scripts that need their own virtualenv get a worker started directly under that
-environment's interpreter, speaking the same protocol.
+prepare path. Scripts that need their own virtualenv get a worker forked the same way that
+then executes that environment's interpreter, so every worker sits under the fork server.
+
+One fork server serves every device of a device server process. It is supervised: if it dies
+(a script may kill its parent) a new one is started at once and the launcher reports itself
+*degraded* until it is up. Workers do not depend on it once forked (their channels lead to
+this process, their containment is their own), so its death disturbs no procedure, of this
+subarray or another; only exit codes of the workers it had forked are lost.
+
+:class:`WorkerConnection` is the one owner of a worker process: nothing else signals or reaps it.
 """
 
 from __future__ import annotations
@@ -23,32 +31,47 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from . import protocol
 from .errors import EngineUnavailable
 
 LOGGER = logging.getLogger(__name__)
 WORKER_PATH = Path(__file__).with_name("worker.py")
 _SPAWN_TIMEOUT = 30.0
+#: Restarts of the fork server tried in a row (with back-off) before the launcher gives up.
+_RESTART_ATTEMPTS = 5
+#: A fork server that dies more than this often within _RESTART_WINDOW seconds is not
+#: restarted again (like systemd's StartLimitBurst): something keeps killing it, and the
+#: device says so in FAULT instead of burning CPU on restarts. Reset starts afresh.
+_RESTART_BURST = 5
+_RESTART_WINDOW = 60.0
 
 
 class WorkerConnection:
-    """The parent's end of one worker: its channel, its pid and a pollable exit notification."""
+    """The engine's end of one worker: its channel, and the only handle that signals, kills
+    and reaps the worker and everything it started."""
 
     def __init__(
         self,
         pid: int,
         channel: socket.socket,
         launcher: WorkerLauncher | None = None,
-        popen: subprocess.Popen | None = None,
+        generation: int = 0,
     ):
         self.pid = pid
         self._channel = channel
         self._launcher = launcher
-        self._popen = popen
+        self._generation = generation
         self._send_lock = threading.Lock()
-        self._buffer = b""
+        # Pieces of the line being received: joined once its newline arrives, so one long
+        # message costs time linear in its size.
+        self._pieces: list[bytes] = []
+        self.hello: protocol.Hello | None = None
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -59,24 +82,26 @@ class WorkerConnection:
             self._selector.register(self._pidfd, selectors.EVENT_READ, "exit")
         self._channel_open = True
         self.exited = self._pidfd is None
+        self._kill_timer: threading.Timer | None = None
 
     @property
     def pgid(self) -> int:
         return self.pid  # workers are session (and so process group) leaders
 
     def send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        data = protocol.encode(message)
         with self._send_lock:
             self._channel.sendall(data)
 
     def close_channel(self) -> None:
-        """Tell the worker we are done (it exits on end of file)."""
+        """Tell the worker we are done (it kills what it started and exits on end of file)."""
         with contextlib.suppress(OSError):
             self._channel.shutdown(socket.SHUT_WR)
 
     def receive(self) -> list[dict[str, Any]] | None:
         """Block until messages arrive or the worker exits. Returns the decoded messages, or None
-        once the worker has exited and everything it sent has been read."""
+        once the worker has exited and everything it sent has been read. The first message
+        must be a hello of this protocol version (ProtocolError otherwise)."""
         while True:
             if not self._channel_open:
                 return None
@@ -98,11 +123,19 @@ class WorkerConnection:
             if not chunk:
                 self._channel_open = False
                 continue
-            self._buffer += chunk
-            *lines, self._buffer = self._buffer.split(b"\n")
-            if lines:
-                return [json.loads(line) for line in lines if line]
+            if b"\n" not in chunk:
+                self._pieces.append(chunk)
+                continue
+            head, *middle, tail = chunk.split(b"\n")
+            lines = [b"".join([*self._pieces, head]), *middle]
+            self._pieces = [tail] if tail else []
+            messages = [json.loads(line) for line in lines if line]
+            if self.hello is None and messages:
+                self.hello = protocol.check_hello(messages.pop(0))
+            if messages:
+                return messages
 
+    # -- signals: this handle alone sends them ----------------------------------------------
     def signal_group(self, sig: int) -> None:
         """Signal the worker and every process it started in its group."""
         try:
@@ -113,6 +146,47 @@ class WorkerConnection:
         except PermissionError:
             LOGGER.warning("not allowed to signal process group %d", self.pgid)
 
+    def terminate(self, grace: float) -> None:
+        """SIGTERM to the group; :meth:`kill` after ``grace`` seconds unless the worker has
+        exited by then (0: kill at once)."""
+        if grace <= 0:
+            self.kill()
+            return
+        self.signal_group(signal.SIGTERM)
+        timer = threading.Timer(grace, self._kill_if_alive)
+        timer.daemon = True
+        self._kill_timer = timer
+        timer.start()
+
+    def _kill_if_alive(self) -> None:
+        if not self.exited:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and all its descendants, however they detached.
+
+        The worker is a subreaper, so while it lives every process it started is in its
+        subtree; the subtree is frozen first (SIGSTOP, repeated until nothing new appears) so
+        that nothing forks or is reparented away between listing and killing."""
+        frozen: dict[int, psutil.Process] = {}
+        for _ in range(50):
+            try:
+                leader = psutil.Process(self.pid)
+                tree = [leader, *leader.children(recursive=True)]
+            except psutil.Error:
+                break
+            fresh = [p for p in tree if p.pid not in frozen]
+            if not fresh:
+                break
+            for proc in fresh:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGSTOP)
+                frozen[proc.pid] = proc
+        self.signal_group(signal.SIGKILL)
+        for proc in frozen.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
     def group_alive(self) -> bool:
         try:
             os.killpg(self.pgid, 0)
@@ -121,16 +195,15 @@ class WorkerConnection:
         return True
 
     def exit_code(self, timeout: float = 2.0) -> int | None:
-        if self._popen is not None:
-            try:
-                return self._popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
+        """The worker's exit code as its fork server reported it (None: unknown, e.g. the
+        fork server that forked it has died since)."""
         if self._launcher is not None:
-            return self._launcher.exit_code(self.pid, timeout)
+            return self._launcher.exit_code(self.pid, self._generation, timeout)
         return None
 
     def close(self) -> None:
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
         self._selector.close()
         self._channel.close()
         if self._pidfd is not None:
@@ -140,8 +213,8 @@ class WorkerConnection:
 
 
 class WorkerLauncher:
-    """Starts worker processes: forks from the zygote for the default environment (through a
-    warm pool), or runs a given interpreter for a virtualenv. Share one per OS process."""
+    """Starts worker processes from a supervised fork server, through a warm pool for the
+    default environment. Share one per OS process."""
 
     def __init__(
         self,
@@ -162,6 +235,17 @@ class WorkerLauncher:
         self._warm: collections.deque[WorkerConnection] = collections.deque()
         self._closed = False
         self._zygote_error: str | None = None
+        #: Why the launcher is degraded (the fork server is being restarted), or None.
+        self._degraded: str | None = None
+        self._generation = 0
+        self._listeners: list[Callable[[], None]] = []
+        self.restarts = 0
+        #: Seconds from the fork server's death to its successor being ready (last restart).
+        self.last_restart_seconds: float | None = None
+        self._died_at = 0.0
+        self._deaths: collections.deque[float] = collections.deque(maxlen=_RESTART_BURST + 1)
+        self._zygote: subprocess.Popen | None = None
+        self._control: socket.socket | None = None
         self._start_zygote()
         self._refill_needed = threading.Event()
         self._refill_needed.set()
@@ -170,93 +254,198 @@ class WorkerLauncher:
         )
         self._refiller.start()
 
-    # -- zygote ----------------------------------------------------------------------------
+    # -- health ------------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        """False once the launcher cannot start workers any more (closed, or restarts failed)."""
+        return self._zygote_error is None and not self._closed
+
+    @property
+    def degraded(self) -> str | None:
+        """Why starting workers is impaired right now (None: it is not)."""
+        return self._degraded
+
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._zygote.pid if self._zygote is not None else None
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """``callback()`` is called (from a launcher thread) when health changes."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def _notify(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:
+                LOGGER.exception("launcher listener %r failed", callback)
+
+    # -- zygote ------------------------------------------------------------------------------
     def _start_zygote(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         # A forked process must not carry threads: keep numerical libraries single-threaded.
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        self._zygote = subprocess.Popen(
-            [
-                self.python,
-                str(WORKER_PATH),
-                "--zygote",
-                "--control-fd",
-                str(child_end.fileno()),
-                "--preload",
-                ",".join(self._preload),
-                "--nice",
-                str(self._nice),
-            ],
-            pass_fds=[child_end.fileno()],
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        child_end.close()
-        self._control = parent_end
-        ready = json.loads(self._control.recv(65536) or b"{}")
-        if ready.get("op") != "ready":
+        try:
+            zygote = subprocess.Popen(
+                [
+                    self.python,
+                    str(WORKER_PATH),
+                    "--zygote",
+                    "--control-fd",
+                    str(child_end.fileno()),
+                    "--preload",
+                    ",".join(self._preload),
+                    "--nice",
+                    str(self._nice),
+                ],
+                pass_fds=[child_end.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            child_end.close()
+        ready = json.loads(parent_end.recv(65536) or b"{}")
+        if ready.get("op") != protocol.READY:
+            parent_end.close()
+            with contextlib.suppress(OSError):
+                zygote.kill()
+            zygote.wait()
             raise EngineUnavailable("the worker fork server did not start")
         if ready.get("failed"):
             LOGGER.warning("worker fork server could not preload %s", ready["failed"])
-        self._zygote_reader = threading.Thread(
-            target=self._read_zygote, name="oet-zygote-reader", daemon=True
-        )
-        self._zygote_reader.start()
+        with self._lock:
+            self._zygote = zygote
+            self._control = parent_end
+            self._generation += 1
+            generation = self._generation
+        threading.Thread(
+            target=self._read_zygote,
+            args=(parent_end, zygote, generation),
+            name=f"oet-zygote-{generation}",
+            daemon=True,
+        ).start()
 
-    def _read_zygote(self) -> None:
-        control = self._control
+    def _read_zygote(
+        self, control: socket.socket, zygote: subprocess.Popen, generation: int
+    ) -> None:
         while True:
             try:
                 data = control.recv(65536)
             except OSError:
                 data = b""
+            if not data:
+                break
+            report = json.loads(data)
             with self._lock:
-                if not data:
-                    if not self._closed:
-                        self._zygote_error = "the worker fork server exited"
-                        LOGGER.error(self._zygote_error)
-                    self._changed.notify_all()
-                    return
-                report = json.loads(data)
-                if report["op"] == "forked":
+                if report["op"] == protocol.FORKED:
                     self._forked[report["id"]] = report["pid"]
-                elif report["op"] == "exited":
+                elif report["op"] == protocol.EXITED:
                     self._exit_codes[report["pid"]] = report["code"]
                 self._changed.notify_all()
+        self._died_at = time.monotonic()
+        self._deaths.append(self._died_at)
+        code = zygote.wait()
+        control.close()
+        with self._lock:
+            if self._closed:
+                self._changed.notify_all()
+                return
+            if (
+                len(self._deaths) > _RESTART_BURST
+                and self._died_at - self._deaths[0] < _RESTART_WINDOW
+            ):
+                self._zygote_error = (
+                    f"the worker fork server died {len(self._deaths)} times within "
+                    f"{_RESTART_WINDOW:.0f} s (last exit code {code}); it is not restarted again"
+                )
+                self._changed.notify_all()
+            else:
+                self._degraded = f"the worker fork server died (exit code {code}); restarting it"
+                self._changed.notify_all()
+        if self._zygote_error:
+            LOGGER.error(self._zygote_error)
+            self._notify()
+            return
+        LOGGER.error(self._degraded)
+        self._notify()
+        self._restart()
 
-    def _fork(self) -> WorkerConnection:
+    def _restart(self) -> None:
+        delay = 0.05
+        for attempt in range(1, _RESTART_ATTEMPTS + 1):
+            try:
+                self._start_zygote()
+            except (OSError, EngineUnavailable, ValueError) as exc:
+                LOGGER.error("restarting the worker fork server failed (%d): %s", attempt, exc)
+                time.sleep(delay)
+                delay *= 4
+                continue
+            with self._lock:
+                self._degraded = None
+                self.restarts += 1
+                self.last_restart_seconds = time.monotonic() - self._died_at
+                self._changed.notify_all()
+            LOGGER.warning("worker fork server restarted (pid %s)", self.zygote_pid)
+            self._refill_needed.set()
+            self._notify()
+            return
+        with self._lock:
+            self._zygote_error = "the worker fork server died and could not be restarted"
+            self._degraded = None
+            self._changed.notify_all()
+        self._notify()
+
+    def _fork(self, python: str | None = None) -> WorkerConnection:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         request_id = next(self._ids)
+        request: dict[str, Any] = {"op": protocol.FORK, "id": request_id}
+        if python is not None:
+            request["python"] = python
+        deadline = time.monotonic() + _SPAWN_TIMEOUT
         try:
             with self._lock:
+                # A fork server being restarted is waited for, not failed on.
+                while self._degraded and not (self._zygote_error or self._closed):
+                    if not self._changed.wait(deadline - time.monotonic()):
+                        raise EngineUnavailable(self._degraded or "fork server restarting")
                 if self._zygote_error or self._closed:
                     raise EngineUnavailable(self._zygote_error or "launcher is closed")
-                socket.send_fds(
-                    self._control,
-                    [json.dumps({"op": "fork", "id": request_id}).encode()],
-                    [theirs.fileno()],
-                )
-                deadline = time.monotonic() + _SPAWN_TIMEOUT
+                generation = self._generation
+                try:
+                    socket.send_fds(
+                        self._control, [json.dumps(request).encode()], [theirs.fileno()]
+                    )
+                except OSError as exc:
+                    raise EngineUnavailable(f"the worker fork server is gone: {exc}") from exc
                 while request_id not in self._forked:
-                    if self._zygote_error:
-                        raise EngineUnavailable(self._zygote_error)
+                    if self._zygote_error or self._generation != generation or self._degraded:
+                        raise EngineUnavailable("the worker fork server died while forking")
                     if not self._changed.wait(deadline - time.monotonic()):
                         raise EngineUnavailable("the worker fork server did not answer")
                 pid = self._forked.pop(request_id)
         finally:
             theirs.close()
-        return WorkerConnection(pid, ours, launcher=self)
+        return WorkerConnection(pid, ours, launcher=self, generation=generation)
 
-    def exit_code(self, pid: int, timeout: float) -> int | None:
+    def exit_code(self, pid: int, generation: int, timeout: float) -> int | None:
         with self._lock:
-            self._changed.wait_for(lambda: pid in self._exit_codes or self._zygote_error, timeout)
+            self._changed.wait_for(
+                lambda: (
+                    pid in self._exit_codes
+                    or self._zygote_error is not None
+                    or self._generation != generation
+                    or self._degraded is not None
+                ),
+                timeout,
+            )
             return self._exit_codes.pop(pid, None)
-
-    @property
-    def healthy(self) -> bool:
-        return self._zygote_error is None and not self._closed
 
     # -- warm pool ---------------------------------------------------------------------------
     def _refill_loop(self) -> None:
@@ -270,7 +459,7 @@ class WorkerLauncher:
                     break
                 with self._lock:
                     if self._closed:
-                        worker.signal_group(signal.SIGKILL)
+                        worker.kill()
                         worker.close()
                         return
                     self._warm.append(worker)
@@ -282,7 +471,9 @@ class WorkerLauncher:
         # Compare paths, not resolved links: a virtualenv's python links to the base binary
         # but is another environment.
         if python is not None and os.path.abspath(python) != os.path.abspath(self.python):
-            return self._spawn_interpreter(python)
+            if not os.access(python, os.X_OK):
+                raise EngineUnavailable(f"cannot start interpreter {python}: not executable")
+            return self._fork(python)
         while True:
             with self._lock:
                 worker = self._warm.popleft() if self._warm else None
@@ -293,45 +484,24 @@ class WorkerLauncher:
                 return worker
             worker.close()
 
-    def _spawn_interpreter(self, python: str) -> WorkerConnection:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            popen = subprocess.Popen(
-                [
-                    python,
-                    str(WORKER_PATH),
-                    "--channel-fd",
-                    str(theirs.fileno()),
-                    "--nice",
-                    str(self._nice),
-                ],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            ours.close()
-            raise EngineUnavailable(f"cannot start interpreter {python}: {exc}") from exc
-        finally:
-            theirs.close()
-        return WorkerConnection(popen.pid, ours, popen=popen)
-
     def close(self) -> None:
         with self._lock:
             self._closed = True
             warm, self._warm = list(self._warm), collections.deque()
             self._changed.notify_all()
+            control, zygote = self._control, self._zygote
         self._refill_needed.set()
         for worker in warm:
-            worker.signal_group(signal.SIGKILL)
+            worker.kill()
             worker.close()
         # shutdown, not just close: it wakes the reader blocked in recv() and gives the fork
-        # server its end of file at once.
-        with contextlib.suppress(OSError):
-            self._control.shutdown(socket.SHUT_RDWR)
-        self._control.close()
-        try:
-            self._zygote.wait(5)
-        except subprocess.TimeoutExpired:
-            self._zygote.kill()
-            self._zygote.wait()
+        # server its end of file at once (it then kills every process it still holds).
+        if control is not None:
+            with contextlib.suppress(OSError):
+                control.shutdown(socket.SHUT_RDWR)
+        if zygote is not None:
+            try:
+                zygote.wait(5)
+            except subprocess.TimeoutExpired:
+                zygote.kill()
+                zygote.wait()

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ import psutil
 
 from .. import events as topics
 from ..events import EventBus
+from . import protocol
 from .config import OetConfig
 from .dependencies import DependencySpecError, import_roots
 from .domain import (
@@ -40,7 +41,14 @@ from .domain import (
     ProcedureState,
 )
 from .environments import EnvironmentCache, EnvironmentLease, Progress
-from .errors import EngineUnavailable, InvalidRequest, OetError, ProcedureNotFound, StateConflict
+from .errors import (
+    EngineUnavailable,
+    InvalidRequest,
+    LimitExceeded,
+    OetError,
+    ProcedureNotFound,
+    StateConflict,
+)
 from .git import GitCache
 from .launcher import WorkerConnection, WorkerLauncher
 from .store import ProcedureStore
@@ -54,6 +62,8 @@ _LIFECYCLE_TOPICS = {
     State.FAILED: topics.PROCEDURE_FAILED,
     State.STOPPED: topics.PROCEDURE_STOPPED,
 }
+#: Worker messages that come from the script (subject to back-pressure).
+_SCRIPT_MESSAGES = frozenset({protocol.OUTPUT, protocol.LOG, protocol.EVENT})
 #: How long an automatically started procedure (the abort script) waits for the stopped
 #: procedure to leave RUNNING, beyond the stop grace period.
 _AUTOSTART_MARGIN = 10.0
@@ -73,7 +83,9 @@ class _Run:
     cancel: threading.Event = field(default_factory=threading.Event)
     lease: EnvironmentLease | None = None
     has_main: bool = False
-    kill_timer: threading.Timer | None = field(default=None, repr=False)
+    #: Grace period of the stop asked for (None: the configured one).
+    stop_grace: float | None = None
+    driver: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def id(self) -> int:
@@ -104,13 +116,38 @@ class ScriptExecutionService:
         self._runs: dict[int, _Run] = {}
         self._next_id = 1
         self._closed = False
-        self._store = ProcedureStore(self.config.state_database)
-        self._recover()
+        #: Called before each script message is published, with no lock held; returns False
+        #: while the consumer of our events is too far behind (back-pressure, see
+        #: :meth:`set_throttle`).
+        self._has_room: Callable[[float], bool] | None = None
+        self._store = ProcedureStore(self.config.state_database, owner=self.config.name)
+        try:
+            self._recover()
+        except BaseException:
+            self._store.close()
+            raise
 
     # -- queries ---------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
         return self._launcher.healthy and not self._closed
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the engine works impaired right now (e.g. its fork server is restarting)."""
+        return self._launcher.degraded
+
+    @property
+    def launcher(self) -> WorkerLauncher:
+        return self._launcher
+
+    def set_throttle(self, has_room: Callable[[float], bool] | None) -> None:
+        """Back-pressure from whoever consumes our events: ``has_room(timeout)`` blocks up to
+        ``timeout`` seconds until the consumer can take more and says whether it can. While
+        it cannot, the driver stops reading the worker's channel, the socket fills and the
+        script's next print, log or event blocks: the script is slowed, nothing is lost, and
+        memory stays bounded by the consumer's limit plus one socket buffer."""
+        self._has_room = has_room
 
     def get(self, procedure_id: int) -> dict[str, Any]:
         with self._lock:
@@ -178,22 +215,29 @@ class ScriptExecutionService:
             self._transition(run, State.RUNNING)
             summary = run.procedure.summary()
             worker = run.worker
-        worker.send(
-            {"cmd": "call", "fn": "main", "args": list(args.args), "kwargs": dict(args.kwargs)}
-        )
+        worker.send(protocol.call("main", list(args.args), dict(args.kwargs)))
         return summary
 
     def stop(
         self,
         procedure_id: int | None = None,
         run_abort: bool = False,
+        grace: float | None = None,
         requested_by: str | None = None,
     ) -> list[dict[str, Any]]:
         """Stop a procedure (default: the running one); with ``run_abort`` then run the abort
         script for its subarray as a procedure of its own. ``requested_by`` goes into the
-        audit trails of both."""
+        audit trails of both.
+
+        The script gets SIGTERM and ``grace`` seconds (default: ``stop_grace_seconds``; 0 kills
+        at once) before SIGKILL; the procedure ends STOPPED as soon as its processes are gone,
+        whatever the script does with SIGTERM."""
         if run_abort and not self.config.abort_script:
             raise InvalidRequest("no abort script is configured (device property AbortScript)")
+        if grace is not None:
+            if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+                raise InvalidRequest(f"grace must be a number of seconds >= 0, got {grace!r}")
+            grace = float(grace)
         with self._lock:
             if procedure_id is None:
                 run = self._running()
@@ -212,6 +256,7 @@ class ScriptExecutionService:
                 run.procedure.audit[-1]["user"],
             )
             run.stop_requested = True
+            run.stop_grace = grace
             run.cancel.set()
             worker = run.worker
             summaries = [run.procedure.summary()]
@@ -219,7 +264,7 @@ class ScriptExecutionService:
                 "subarray_id", self.config.subarray_id
             )
         if worker is not None and first_request:
-            self._terminate(run, worker)
+            self._terminate(worker, grace)
         if run_abort:
             abort = PrepareRequest(
                 FileSystemScript(self.config.abort_script),
@@ -260,7 +305,8 @@ class ScriptExecutionService:
         return None, self._create(abort)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every active procedure (recorded as STOPPED) and release all resources."""
+        """Stop every active procedure (recorded as STOPPED), cancel clones and environment
+        builds in progress, wait for the driver threads, then close the store."""
         with self._lock:
             if self._closed:
                 return
@@ -269,12 +315,21 @@ class ScriptExecutionService:
             for run in active:
                 run.stop_requested = True
                 run.cancel.set()  # a clone or environment build in progress ends now
+            self._changed.notify_all()
+        grace = min(self.config.stop_grace_seconds, 1.0)
         for run in active:
             if run.worker is not None:
-                self._terminate(run, run.worker, grace=min(self.config.stop_grace_seconds, 1.0))
+                self._terminate(run.worker, grace)
+        deadline = time.monotonic() + timeout
+        for run in active:
+            if run.driver is not None and run.driver is not threading.current_thread():
+                run.driver.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            self._changed.wait_for(lambda: all(r.state.is_final for r in active), timeout)
-        self._store.close()
+            for run in active:
+                if not run.state.is_final:  # a driver stuck beyond the timeout
+                    LOGGER.error("procedure %d did not end during shutdown", run.id)
+                    self._transition(run, State.STOPPED)
+            self._store.close()
         if self._owns_launcher:
             self._launcher.close()
 
@@ -285,6 +340,13 @@ class ScriptExecutionService:
                 raise EngineUnavailable("the script execution service is shut down")
             if not self._launcher.healthy:
                 raise EngineUnavailable("worker processes cannot be started")
+            unfinished = sum(1 for r in self._runs.values() if not r.state.is_final)
+            if unfinished >= self.config.max_prepared:
+                raise LimitExceeded(
+                    f"{unfinished} procedures are prepared or running on this subarray, the "
+                    f"most allowed (MaxPrepared / OET_MAX_PREPARED = {self.config.max_prepared})"
+                    "; stop or start some first"
+                )
             run = _Run(Procedure.new(self._next_id, request), autostart=request.autostart_args)
             self._next_id += 1
             self._runs[run.id] = run
@@ -292,9 +354,10 @@ class ScriptExecutionService:
             LOGGER.info("procedure %d created by %s", run.id, run.procedure.audit[0]["user"])
             self._publish(topics.PROCEDURE_CREATED, run.id, result=summary)
             self._persist(run)
-        threading.Thread(
-            target=self._drive, args=(run,), name=f"oet-procedure-{run.id}", daemon=True
-        ).start()
+            run.driver = threading.Thread(
+                target=self._drive, args=(run,), name=f"oet-procedure-{run.id}", daemon=True
+            )
+            run.driver.start()
         return summary
 
     def _drive(self, run: _Run) -> None:
@@ -315,9 +378,13 @@ class ScriptExecutionService:
                 self._persist(run)
                 stopping = run.stop_requested
             if stopping:
-                worker.signal_group(signal.SIGKILL)
+                worker.kill()
             else:
-                worker.send({"cmd": "load", "path": path, **extras})
+                limits: protocol.Limits = {
+                    "memory_bytes": self.config.script_memory_bytes,
+                    "max_line_length": self.config.max_line_length,
+                }
+                worker.send(protocol.load(path, limits, **extras))
             self._pump(run, worker)
         except OetError as exc:  # an expected failure (git, environment): its message says why
             with self._lock:
@@ -328,19 +395,19 @@ class ScriptExecutionService:
             LOGGER.exception("procedure %d failed in the engine", run.id)
             self._fail(run, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         finally:
-            if run.kill_timer is not None:
-                run.kill_timer.cancel()
             if run.lease is not None:
                 run.lease.release()
             if worker is not None:
                 # Nothing of a finished procedure may outlive it, grandchildren included.
                 if worker.group_alive():
-                    worker.signal_group(signal.SIGKILL)
+                    worker.kill()
                 worker.close()
 
     def _pump(self, run: _Run, worker: WorkerConnection) -> None:
         while (messages := worker.receive()) is not None:
             for message in messages:
+                if message.get("msg") in _SCRIPT_MESSAGES:
+                    self._wait_for_room()
                 self._handle(run, worker, message)
         code = worker.exit_code()
         with self._lock:
@@ -355,6 +422,14 @@ class ScriptExecutionService:
             f"The script process exited unexpectedly (exit code {code}) while {state}",
             None,
         )
+
+    def _wait_for_room(self) -> None:
+        has_room = self._has_room
+        if has_room is None:
+            return
+        while not has_room(1.0):
+            if self._closed:
+                return
 
     def _handle(self, run: _Run, worker: WorkerConnection, message: dict[str, Any]) -> None:
         kind = message.get("msg")
@@ -384,12 +459,22 @@ class ScriptExecutionService:
             self._on_done(run, worker, message)
         elif kind == "error":
             error = message.get("error") or "script failed"
-            self._fail(run, error, message.get("traceback"))
+            with self._lock:
+                stopping = run.stop_requested
+            if stopping:
+                # e.g. a SIGTERM handler that raises: the stop asked for still decides the
+                # outcome; STOPPED follows as soon as the worker is gone.
+                LOGGER.info("procedure %d raised while stopping: %s", run.id, error)
+            else:
+                self._fail(run, error, message.get("traceback"))
             worker.close_channel()
 
     def _on_done(self, run: _Run, worker: WorkerConnection, message: dict[str, Any]) -> None:
         with self._lock:
             if run.stop_requested or run.state.is_final:
+                # A script that returned (or called sys.exit()) on SIGTERM: let the worker go
+                # now rather than after the grace period.
+                worker.close_channel()
                 return
             run.has_main = bool(message.get("has_main", run.has_main))
             if message["cmd"] == "load":
@@ -397,14 +482,7 @@ class ScriptExecutionService:
                 if message.get("has_init"):
                     self._transition(run, State.INITIALISING)
                     init = run.procedure.script_args.get("init", FunctionArgs())
-                    worker.send(
-                        {
-                            "cmd": "call",
-                            "fn": "init",
-                            "args": list(init.args),
-                            "kwargs": dict(init.kwargs),
-                        }
-                    )
+                    worker.send(protocol.call("init", list(init.args), dict(init.kwargs)))
                     return
             elif message.get("fn") == "main":
                 self._transition(run, State.COMPLETE)
@@ -430,23 +508,17 @@ class ScriptExecutionService:
             if run.worker is not None:
                 run.worker.close_channel()
 
-    def _terminate(self, run: _Run, worker: WorkerConnection, grace: float | None = None) -> None:
-        grace = self.config.stop_grace_seconds if grace is None else grace
-        worker.signal_group(signal.SIGTERM if grace > 0 else signal.SIGKILL)
-        if grace > 0:
-            timer = threading.Timer(grace, self._kill_if_alive, args=(worker,))
-            timer.daemon = True
-            run.kill_timer = timer
-            timer.start()
-
-    @staticmethod
-    def _kill_if_alive(worker: WorkerConnection) -> None:
-        if not worker.exited:
-            worker.signal_group(signal.SIGKILL)
+    def _terminate(self, worker: WorkerConnection, grace: float | None = None) -> None:
+        worker.terminate(self.config.stop_grace_seconds if grace is None else grace)
 
     def _fail(self, run: _Run, reason: str, stacktrace: str | None) -> None:
         with self._lock:
             if run.state.is_final:
+                return
+            if run.stop_requested:
+                # Whatever the script did on its way out, a stop that was asked for ends STOPPED.
+                LOGGER.info("procedure %d stopped (%s)", run.id, reason)
+                self._transition(run, State.STOPPED)
                 return
             run.procedure.stacktrace = stacktrace or reason
             self._publish(topics.PROCEDURE_STACKTRACE, run.id, stacktrace=run.procedure.stacktrace)
@@ -456,13 +528,16 @@ class ScriptExecutionService:
         with self._lock:
             previous = run.state
             run.procedure.record(state)
+            summary = run.procedure.summary()
+            # The summary travels with the change, so that views never look it up (it may
+            # already be further on) nor replay history.
             self._publish(
                 topics.PROCEDURE_STATECHANGE,
                 run.id,
                 new_state=str(state),
                 previous_state=str(previous),
+                summary=summary,
             )
-            summary = run.procedure.summary()
             if state in _LIFECYCLE_TOPICS:
                 self._publish(_LIFECYCLE_TOPICS[state], run.id, result=summary)
             self._persist(run, summary)
@@ -603,7 +678,16 @@ class ScriptExecutionService:
         """Load stored history; procedures that were active when the previous service died
         are recorded as FAILED with the reason, and their orphaned processes are killed."""
         for stored in self._store.load():
-            procedure = Procedure.from_summary(stored.summary)
+            try:
+                procedure = Procedure.from_summary(stored.summary)
+            except Exception as exc:  # one bad row must never keep the engine from starting
+                LOGGER.error(
+                    "skipping stored procedure %r that cannot be read: %s: %s",
+                    stored.summary.get("id"),
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
             if not procedure.state.is_final:
                 was = procedure.state
                 killed = _reap_orphan(stored.pid, stored.pid_started)

@@ -7,7 +7,11 @@ can tell an orphaned worker from an unrelated process that reused the pid.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
+import os
 import re
 import sqlite3
 import threading
@@ -15,6 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .errors import EngineUnavailable
+
+LOGGER = logging.getLogger(__name__)
 
 
 class JsonTable:
@@ -41,11 +49,23 @@ class JsonTable:
         )
 
     def load_rows(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every row that decodes; a row that does not is logged and skipped (one bad row
+        must never keep the engine from starting)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT summary, extra FROM {self._table} ORDER BY id"
+                f"SELECT id, summary, extra FROM {self._table} ORDER BY id"
             ).fetchall()
-        return [(json.loads(summary), json.loads(extra)) for summary, extra in rows]
+        decoded = []
+        for record_id, summary, extra in rows:
+            try:
+                item = json.loads(summary), json.loads(extra or "{}")
+                if not isinstance(item[0], dict) or not isinstance(item[1], dict):
+                    raise ValueError("not a JSON object")
+            except (TypeError, ValueError) as exc:
+                LOGGER.error("skipping malformed %s row %s: %s", self._table, record_id, exc)
+                continue
+            decoded.append(item)
+        return decoded
 
     def load(self) -> list[dict[str, Any]]:
         return [summary for summary, _ in self.load_rows()]
@@ -77,11 +97,53 @@ class StoredProcedure:
     pid_started: float | None
 
 
+class StoreLock:
+    """Exclusive use of a state database by one live engine: ``<database>.lock``, flocked.
+
+    Two devices writing one file would overwrite each other's rows and, at restart, mark each
+    other's active procedures FAILED. The kernel drops the lock when its holder dies, so a
+    crashed device never leaves it stale."""
+
+    def __init__(self, database: Path):
+        self.path = Path(str(database) + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise EngineUnavailable(
+                f"the state database {database} is already used by another live OET device "
+                f"({holder}); give each device its own StateDatabase (OET_STATE_DATABASE)"
+            ) from None
+        self._fd: int | None = fd
+
+    def write_owner(self, owner: str) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{owner}, pid {os.getpid()}".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 class ProcedureStore:
     """Procedure summaries with the identity of their worker process."""
 
-    def __init__(self, path: Path | None):
-        self._table = JsonTable(path, "procedures")
+    def __init__(self, path: Path | None, owner: str = "an OET device"):
+        self._lock = StoreLock(path) if path is not None else None
+        if self._lock is not None:
+            self._lock.write_owner(owner)
+        try:
+            self._table = JsonTable(path, "procedures")
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
 
     def load(self) -> list[StoredProcedure]:
         return [
@@ -98,4 +160,8 @@ class ProcedureStore:
         self._table.delete(procedure_ids)
 
     def close(self) -> None:
-        self._table.close()
+        try:
+            self._table.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()

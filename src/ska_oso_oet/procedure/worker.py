@@ -6,35 +6,35 @@ Two modes::
     python worker.py --channel-fd N                # one worker on an inherited socket
     python worker.py --zygote --control-fd N       # fork server: preload modules, fork workers
 
-Protocol: newline-delimited JSON objects over a Unix stream socket.
+The messages are those of :mod:`.protocol` (loaded by path, so that no package is needed).
 
-    parent                                   worker
-      |  <- {"msg": "hello", pid, python}       |  (as soon as the worker is up)
-      |  {"cmd": "load", "path"} ->             |
-      |  <- {"msg": "done", "cmd": "load", has_init, has_main}
-      |  {"cmd": "call", "fn", "args", "kwargs"} ->
-      |  <- {"msg": "event"|"log"|"output", ...}  (any time, in the order the script made them)
-      |  <- {"msg": "done", "cmd": "call", "fn"}  or  {"msg": "error", "cmd", "error", "traceback"}
-      |  close ->                               |  (EOF: the worker exits)
-
-Stopping is not a message: the parent signals the worker's process group (the worker is a
+Stopping is not a message: the engine signals the worker's process group (the worker is a
 session leader), so a script stuck in C code or ignoring messages still stops.
 
-The fork server (zygote) speaks to its parent over a SOCK_SEQPACKET socket: it receives
-``{"op": "fork", "id"}`` with one file descriptor (the new worker's channel), answers
-``{"op": "forked", "id", "pid"}`` and reports ``{"op": "exited", "pid", "code"}`` for every child.
-It stays single-threaded so that forking it is safe.
+Containment. Every worker and the fork server are *child subreapers*: a process a script starts
+stays in the worker's subtree however it detaches (``setsid``, double fork). When the worker
+ends, normally or after SIGTERM raised an exception, it kills that subtree before exiting; if
+it is killed outright, its orphans fall to the fork server, which kills every child that is
+not one of its workers. When the engine's process dies, the worker sees end of file on its
+channel (a thread watches it: ``PR_SET_PDEATHSIG`` would fire when the *thread* that forked
+exits, and a worker must survive its fork server) and the fork server sees it on its control
+socket; both then kill what they hold and exit.
+
+The fork server is single-threaded so that forking it is safe.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib
 import importlib.util
 import io
 import json
 import logging
 import os
+import queue
 import select
 import signal
 import socket
@@ -43,6 +43,38 @@ import threading
 import time
 import traceback
 from typing import Any
+
+
+def _load_protocol() -> Any:
+    try:
+        from . import protocol
+
+        return protocol
+    except ImportError:
+        pass
+    # A plain file under another interpreter: load the protocol beside us under a private
+    # name, so that a script's own ``import protocol`` is not ours.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocol.py")
+    spec = importlib.util.spec_from_file_location("_ska_oso_oet_worker_protocol", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+P = _load_protocol()
+
+if not __package__:
+    # Run as a file, Python put our folder first on sys.path: a script's ``import git`` or
+    # ``import config`` must not find the engine's modules.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+
+#: Signals Tango's Starter (and other supervisors) may leave blocked in the mask we inherit.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+_PR_SET_CHILD_SUBREAPER = 36
+#: Longest line passed on when the engine does not say (characters).
+DEFAULT_MAX_LINE = 65536
 
 _send_lock = threading.Lock()
 _channel: socket.socket | None = None
@@ -67,21 +99,98 @@ def _render(obj: Any) -> Any:
 
 
 def send(message: dict[str, Any]) -> None:
-    data = (json.dumps(message, default=_render, separators=(",", ":")) + "\n").encode()
+    """Send one message. Blocks while the engine is not reading: that is the back-pressure
+    that slows a script publishing faster than its device can pass events on."""
+    data = P.encode(message, default=_render)
     with _send_lock:
         if _channel is not None:
             _channel.sendall(data)
 
 
+def unblock_stop_signals() -> None:
+    """Undo a blocked signal mask inherited from whoever started us (Tango's Starter blocks
+    SIGTERM, SIGINT, SIGHUP and SIGQUIT): with it, a stop could only ever end in SIGKILL."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants our children (Linux); False where that is not possible."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (every thread's), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as handle:
+                found.extend(int(c) for c in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def descendants_of(pid: int) -> list[int]:
+    result: list[int] = []
+    pending = children_of(pid)
+    while pending:
+        child = pending.pop()
+        result.append(child)
+        pending.extend(children_of(child))
+    return result
+
+
+def kill_descendants(keep: set[int] | frozenset[int] = frozenset(), timeout: float = 2.0) -> None:
+    """SIGKILL every descendant of this process except the subtrees of ``keep``, and reap our
+    children among them. Orphans of killed ones are reparented to us (we are a subreaper),
+    so this repeats until none are left."""
+    deadline = time.monotonic() + timeout
+    me = os.getpid()
+    while time.monotonic() < deadline:
+        victims = []
+        for child in children_of(me):
+            if child in keep:
+                continue
+            victims.append(child)
+            victims.extend(descendants_of(child))
+        if not victims:
+            return
+        for pid in victims:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in victims:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # not our child (yet): the next round reaps it once reparented
+            except OSError:
+                pass
+
+
 class ChannelStream(io.TextIOBase):
     """Replaces sys.stdout/sys.stderr: each complete line becomes one ``output`` message, so
-    printed lines keep their order relative to the script's events."""
+    printed lines keep their order relative to the script's events.
 
-    def __init__(self, stream: str, fd: int):
+    The pending line is a list of pieces (joined once, at the newline), so writing one
+    character at a time costs linear, not quadratic, time; a line longer than ``max_line`` is
+    cut there, the rest counted and dropped, and the marker says how much was dropped."""
+
+    def __init__(self, stream: str, fd: int, max_line: int = DEFAULT_MAX_LINE):
         super().__init__()
         self._stream = stream
         self._fd = fd
-        self._buffer = ""
+        self.max_line = max_line
+        self._pieces: list[str] = []
+        self._kept = 0
+        self._dropped = 0
         self._lock = threading.Lock()
 
     @property
@@ -97,20 +206,37 @@ class ChannelStream(io.TextIOBase):
     def fileno(self) -> int:
         return self._fd
 
+    def _add(self, piece: str) -> None:
+        room = self.max_line - self._kept
+        if len(piece) > room:
+            self._dropped += len(piece) - max(room, 0)
+            piece = piece[: max(room, 0)]
+        if piece:
+            self._pieces.append(piece)
+            self._kept += len(piece)
+
+    def _emit(self) -> None:
+        line = "".join(self._pieces)
+        if self._dropped:
+            line += P.TRUNCATED.format(dropped=self._dropped)
+        self._pieces, self._kept, self._dropped = [], 0, 0
+        send({"msg": P.OUTPUT, "stream": self._stream, "line": line, "ts": time.time()})
+
     def write(self, text: str) -> int:
         with self._lock:
-            self._buffer += text
-            if "\n" in self._buffer:
-                *lines, self._buffer = self._buffer.split("\n")
-                for line in lines:
-                    send({"msg": "output", "stream": self._stream, "line": line, "ts": time.time()})
+            start = 0
+            while (newline := text.find("\n", start)) >= 0:
+                self._add(text[start:newline])
+                self._emit()
+                start = newline + 1
+            if start < len(text):
+                self._add(text[start:])
         return len(text)
 
     def flush(self) -> None:
         with self._lock:
-            if self._buffer:
-                line, self._buffer = self._buffer, ""
-                send({"msg": "output", "stream": self._stream, "line": line, "ts": time.time()})
+            if self._pieces or self._dropped:
+                self._emit()
 
 
 class ChannelLogHandler(logging.Handler):
@@ -120,7 +246,7 @@ class ChannelLogHandler(logging.Handler):
         try:
             send(
                 {
-                    "msg": "log",
+                    "msg": P.LOG,
                     "level": record.levelname,
                     "logger": record.name,
                     "message": self.format(record),
@@ -131,20 +257,23 @@ class ChannelLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _capture_fd(fd: int, stream: str) -> None:
+def _capture_fd(fd: int, stream: str) -> ChannelStream:
     """Point a file descriptor at a pipe drained by a thread, for output that bypasses
-    sys.stdout (C extensions, grandchildren)."""
+    sys.stdout (C extensions, grandchildren). Lines are cut at the same limit as sys.stdout's
+    (read in bounded pieces: a 40 MB line never sits in memory whole)."""
     read_end, write_end = os.pipe()
     os.dup2(write_end, fd)
     os.close(write_end)
+    lines = ChannelStream(stream, fd)
 
     def drain() -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            for raw in pipe:
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                send({"msg": "output", "stream": stream, "line": line, "ts": time.time()})
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                lines.write(chunk.decode("utf-8", errors="replace"))
+            lines.flush()
 
     threading.Thread(target=drain, name=f"oet-{stream}-fd", daemon=True).start()
+    return lines
 
 
 def _install_pubsub_forwarder() -> None:
@@ -155,7 +284,7 @@ def _install_pubsub_forwarder() -> None:
         return
 
     def forward(topic=pub.AUTO_TOPIC, **kwargs: Any) -> None:
-        send({"msg": "event", "topic": topic.getName(), "payload": kwargs, "ts": time.time()})
+        send({"msg": P.EVENT, "topic": topic.getName(), "payload": kwargs, "ts": time.time()})
 
     _pubsub_listener = forward
     pub.subscribe(forward, pub.ALL_TOPICS)
@@ -192,6 +321,18 @@ def _load(
     }
 
 
+def _apply_limits(limits: dict[str, Any], streams: list[ChannelStream]) -> None:
+    memory = int(limits.get("memory_bytes") or 0)
+    if memory > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    max_line = int(limits.get("max_line_length") or 0)
+    if max_line > 0:
+        for stream in streams:
+            stream.max_line = max_line
+
+
 def _call(module: Any, fn: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     function = getattr(module, fn, None)
     if not callable(function):
@@ -210,49 +351,75 @@ def _readable(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _exit_contained(code: int) -> None:
+    """Kill everything the script started, then leave at once."""
+    try:
+        kill_descendants()
+    finally:
+        os._exit(code)
+
+
+def _watch_channel(channel: socket.socket, requests: queue.SimpleQueue) -> None:
+    """Read requests for the main thread. End of file means the engine is done with us, or
+    its process died: then nothing of this procedure may live on, busy or not."""
+    reader = channel.makefile("rb")
+    try:
+        for raw in reader:
+            requests.put(json.loads(raw))
+    except Exception:
+        pass
+    _exit_contained(0)
+
+
 def serve(channel: socket.socket) -> None:
-    """Run one worker on ``channel`` until the parent closes it."""
+    """Run one worker on ``channel`` until the engine closes it (this never returns)."""
     global _channel
     _channel = channel
-    for fd, stream in ((1, "stdout"), (2, "stderr")):
-        _capture_fd(fd, stream)
+    unblock_stop_signals()
+    become_subreaper()
+    streams = [_capture_fd(1, "stdout"), _capture_fd(2, "stderr")]
     sys.stdout = ChannelStream("stdout", 1)
     sys.stderr = ChannelStream("stderr", 2)
+    streams += [sys.stdout, sys.stderr]
     root = logging.getLogger()
     root.handlers[:] = [ChannelLogHandler()]
     root.setLevel(os.environ.get("OET_SCRIPT_LOG_LEVEL", "INFO"))
     _install_pubsub_forwarder()
-    send({"msg": "hello", "pid": os.getpid(), "python": sys.version.split()[0]})
+    send(
+        {"msg": P.HELLO, "version": P.VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}
+    )
 
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(
+        target=_watch_channel, args=(channel, requests), name="oet-channel", daemon=True
+    ).start()
     module = None
-    reader = channel.makefile("rb")
-    for raw in reader:
-        request = json.loads(raw)
+    while True:
+        request = requests.get()
         cmd = request.get("cmd")
         try:
-            if cmd == "load":
+            if cmd == P.LOAD:
+                _apply_limits(request.get("limits") or {}, streams)
                 module, facts = _load(request["path"], request.get("sys_path"), request.get("cwd"))
-                send({"msg": "done", "cmd": "load", **facts})
-            elif cmd == "call":
+                send({"msg": P.DONE, "cmd": P.LOAD, **facts})
+            elif cmd == P.CALL:
                 if module is None:
                     raise RuntimeError("no script loaded")
                 _call(module, request["fn"], request.get("args", []), request.get("kwargs", {}))
                 has_main = callable(getattr(module, "main", None))
-                send({"msg": "done", "cmd": "call", "fn": request["fn"], "has_main": has_main})
+                send({"msg": P.DONE, "cmd": P.CALL, "fn": request["fn"], "has_main": has_main})
             else:
                 raise ValueError(f"unknown worker command {cmd!r}")
         except BaseException as exc:
             send(
                 {
-                    "msg": "error",
+                    "msg": P.ERROR,
                     "cmd": cmd,
                     "fn": request.get("fn"),
                     "error": _readable(exc),
                     "traceback": traceback.format_exc(),
                 }
             )
-    sys.stdout.flush()
-    sys.stderr.flush()
 
 
 def _serve_and_exit(channel: socket.socket) -> None:
@@ -263,11 +430,27 @@ def _serve_and_exit(channel: socket.socket) -> None:
         traceback.print_exc(file=sys.__stderr__)
         code = 70
     finally:
-        os._exit(code)
+        _exit_contained(code)
+
+
+def _exec_interpreter(python: str, channel_fd: int, nice: int) -> None:
+    """In a forked child: become a worker under another interpreter (a script's virtualenv),
+    keeping our place under the fork server."""
+    os.set_inheritable(channel_fd, True)
+    path = os.path.abspath(__file__)
+    argv = [python, path, "--channel-fd", str(channel_fd)]
+    try:
+        os.execv(python, argv)
+    except OSError as exc:
+        sys.__stderr__.write(f"cannot start interpreter {python}: {exc}\n")
+        os._exit(71)
 
 
 def zygote(control: socket.socket, preload: list[str]) -> None:
-    """Fork server loop. Exits when the parent closes the control socket."""
+    """Fork server loop. Exits, with every process it holds killed, when the engine closes the
+    control socket or dies."""
+    unblock_stop_signals()
+    become_subreaper()
     loaded, failed = [], {}
     for name in preload:
         try:
@@ -280,14 +463,15 @@ def zygote(control: socket.socket, preload: list[str]) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    workers: set[int] = set()
 
     def report(message: dict[str, Any]) -> None:
         try:
             control.send(json.dumps(message).encode())
-        except OSError:  # the parent has gone: nobody is left to serve
-            os._exit(0)
+        except OSError:  # the engine has gone: nobody is left to serve
+            _exit_contained(0)
 
-    report({"op": "ready", "pid": os.getpid(), "preloaded": loaded, "failed": failed})
+    report({"op": P.READY, "pid": os.getpid(), "preloaded": loaded, "failed": failed})
     while True:
         readable, _, _ = select.select([control, wake_r], [], [])
         if wake_r in readable:
@@ -299,11 +483,19 @@ def zygote(control: socket.socket, preload: list[str]) -> None:
                     break
                 if pid == 0:
                     break
-                report({"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+                if pid in workers:
+                    workers.discard(pid)
+                    report({"op": P.EXITED, "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+            # Anything else among our children was orphaned by a worker that died without
+            # cleaning up (SIGKILL, SIGTERM's default action): it must not outlive it.
+            kill_descendants(keep=workers, timeout=0.5)
         if control in readable:
-            data, fds, _, _ = socket.recv_fds(control, 65536, 4)
+            try:
+                data, fds, _, _ = socket.recv_fds(control, 65536, 4)
+            except OSError:
+                data, fds = b"", []
             if not data:
-                return
+                _exit_contained(0)
             request = json.loads(data)
             pid = os.fork()
             if pid == 0:
@@ -314,13 +506,17 @@ def zygote(control: socket.socket, preload: list[str]) -> None:
                 os.close(wake_w)
                 control.close()
                 os.setsid()
+                if request.get("python"):
+                    _exec_interpreter(request["python"], fds[0], 0)
                 _serve_and_exit(socket.socket(fileno=fds[0]))
+            workers.add(pid)
             for fd in fds:
                 os.close(fd)
-            report({"op": "forked", "id": request["id"], "pid": pid})
+            report({"op": P.FORKED, "id": request["id"], "pid": pid})
 
 
 def main(argv: list[str] | None = None) -> None:
+    unblock_stop_signals()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channel-fd", type=int)
     parser.add_argument("--zygote", action="store_true")

@@ -26,6 +26,8 @@ NOT_FOUND = "OET_NOT_FOUND"
 STATE_CONFLICT = "OET_STATE_CONFLICT"
 DEVICE_OFFLINE = "OET_DEVICE_OFFLINE"
 ENGINE_UNAVAILABLE = "OET_ENGINE_UNAVAILABLE"
+#: A configured engine limit would be passed (e.g. MaxPrepared).
+LIMIT = "OET_LIMIT"
 #: Gateway-side codes (no device reason carries them).
 DEVICE_UNREACHABLE = "OET_DEVICE_UNREACHABLE"
 DEVICE_TIMEOUT = "OET_DEVICE_TIMEOUT"
@@ -39,6 +41,7 @@ _HTTP: dict[str, tuple[HTTPStatus, str]] = {
     STATE_CONFLICT: (HTTPStatus.CONFLICT, "StateConflict"),
     DEVICE_OFFLINE: (HTTPStatus.SERVICE_UNAVAILABLE, "DeviceOffline"),
     ENGINE_UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "EngineUnavailable"),
+    LIMIT: (HTTPStatus.CONFLICT, "LimitExceeded"),
     DEVICE_UNREACHABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "DeviceUnavailable"),
     DEVICE_TIMEOUT: (HTTPStatus.GATEWAY_TIMEOUT, "DeviceTimeout"),
     DEVICE_ERROR: (HTTPStatus.INTERNAL_SERVER_ERROR, "DeviceError"),

@@ -75,13 +75,20 @@ SKA_ATTRIBUTES = (
 
 
 class EventThread:
-    """A queue drained by one omniORB-aware thread; ``submit`` never blocks."""
+    """A queue drained by one omniORB-aware thread; ``submit`` never blocks.
+
+    Producers that can wait (the engine's driver threads, between two script messages) call
+    :meth:`wait_for_room` first: that is how a script flooding events is slowed down to the
+    pace the device publishes them, with the queue (and memory) bounded."""
 
     def __init__(self, name: str, on_tick: Callable[[], None], logger: logging.Logger):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._on_tick = on_tick
         self._logger = logger
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._room = threading.Condition(threading.Lock())
+        self._waiting = 0
+        self._room_below = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -92,6 +99,24 @@ class EventThread:
     @property
     def backlog(self) -> int:
         return self._queue.qsize()
+
+    def wait_for_room(self, limit: int, timeout: float) -> bool:
+        """Block until fewer than ``limit`` tasks wait (at most ``timeout`` s); True if so.
+
+        Never waits on the event thread itself (it is the one that makes room)."""
+        if (
+            threading.current_thread() is self._thread
+            or not self._thread.is_alive()
+            or self._queue.qsize() < limit
+        ):
+            return True
+        with self._room:
+            self._waiting += 1
+            self._room_below = limit
+            try:
+                return self._room.wait_for(lambda: self._queue.qsize() < limit, timeout)
+            finally:
+                self._waiting -= 1
 
     def stop(self, timeout: float = 5.0) -> None:
         self._queue.put(_STOP)
@@ -113,6 +138,11 @@ class EventThread:
                     else:
                         fn, args = item
                         fn(*args)
+                        # The queue is not empty while anybody waits (they wait for it to
+                        # shrink below a positive limit), so this runs again: no lost wake-up.
+                        if self._waiting and self._queue.qsize() < self._room_below:
+                            with self._room:
+                                self._room.notify_all()
                         if self._queue.empty():
                             self._on_tick()
                 except Exception:

@@ -54,7 +54,7 @@ from tango.server import attribute, command, device_property
 from ..activity.service import ActivityService
 from ..events import Event, dumps
 from ..jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds, shown
-from ..procedure.config import OetConfig, config_from_sources
+from ..procedure.config import PROPERTY_NAMES, OetConfig, config_from_sources
 from ..procedure.domain import PrepareRequest, parse_script_args
 from ..procedure.errors import OetError
 from ..procedure.service import ScriptExecutionService
@@ -101,7 +101,13 @@ PROPERTY_SETTINGS = {
     "EnvInheritPackages": "env_inherit_packages",
     "EnvGroups": "env_groups",
     "EnvExtras": "env_extras",
+    "ScriptMemoryBytes": "script_memory_bytes",
+    "MaxPrepared": "max_prepared",
+    "EventQueueLimit": "event_queue_limit",
+    "MaxLineLength": "max_line_length",
 }
+# Configuration errors name the property a Tango user sets.
+PROPERTY_NAMES.update({setting: prop for prop, setting in PROPERTY_SETTINGS.items()})
 
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
@@ -220,6 +226,26 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     EnvExtras = device_property(
         dtype="DevVarStringArray", doc="Extras of a repository's project to install."
     )
+    ScriptMemoryBytes = device_property(
+        dtype="DevLong64",
+        doc="Address space one script process may use (RLIMIT_AS), in bytes; past it the "
+        "script gets MemoryError (0: no limit; default 4 GiB).",
+    )
+    MaxPrepared = device_property(
+        dtype="uint32",
+        doc="Procedures that may be unfinished at once on this device (default 16); Prepare "
+        "past it is refused with OET_LIMIT.",
+    )
+    EventQueueLimit = device_property(
+        dtype="uint32",
+        doc="Events waiting to be published beyond which a script's output, logs and events "
+        "are held back, slowing the script (default 5000; nothing is dropped).",
+    )
+    MaxLineLength = device_property(
+        dtype="uint32",
+        doc="Longest script output line passed on, in characters (default 65536); longer "
+        "lines are cut with a marker.",
+    )
 
     # ----- life cycle -----------------------------------------------------------------------
     def init_device(self) -> None:
@@ -261,6 +287,9 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         try:
             service = self.create_service()
             self._subscription = service.events.subscribe(self._on_engine_event)
+            limit = service.config.event_queue_limit
+            service.set_throttle(lambda timeout: self._events.wait_for_room(limit, timeout))
+            service.launcher.add_listener(self._on_launcher_change)
             self._service = service
         except Exception as exc:
             self._service_error = f"the script engine could not start: {exc}"
@@ -280,6 +309,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         service = getattr(self, "_service", None)
         if service is not None:
             self._service = None
+            service.launcher.remove_listener(self._on_launcher_change)
             service.shutdown()  # the activity service still listens: it records STOPPED
         activities = getattr(self, "_activity_service", None)
         if activities is not None:
@@ -325,6 +355,9 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return ActivityService(engine)
 
     # ----- engine events (engine threads: enqueue only) ------------------------------------
+    def _on_launcher_change(self) -> None:
+        self.submit(self.refresh_condition)
+
     def _on_engine_event(self, event: Event) -> None:
         self.submit(self._handle_event, event)
 
@@ -374,10 +407,16 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         if self._service is None or not self._service.healthy:
             reason = self._service_error or "the script engine cannot start worker processes"
             return DevState.FAULT, f"The device is in FAULT: {reason}.", HealthState.FAILED
-        health = HealthState.DEGRADED if self._events.backlog > DEGRADED_BACKLOG else HealthState.OK
+        degraded = self._service.degraded
+        health = (
+            HealthState.DEGRADED
+            if degraded or self._events.backlog > DEGRADED_BACKLOG
+            else HealthState.OK
+        )
+        note = f" Degraded: {degraded}." if degraded else ""
         state, status, _ = super().condition()
         if state == DevState.DISABLE:
-            return state, status, health
+            return state, status + note, health
         running = self._view.running_id
         if self._power == DevState.OFF:
             return DevState.OFF, "The device is OFF: no script can run until On.", health
@@ -389,8 +428,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
                 health,
             )
         if running:
-            return DevState.RUNNING, f"Procedure {running} is running.", health
-        return DevState.ON, "The device is ON: no procedure is running.", health
+            return DevState.RUNNING, f"Procedure {running} is running.{note}", health
+        return DevState.ON, f"The device is ON: no procedure is running.{note}", health
 
     # ----- request helpers ------------------------------------------------------------------
     def _fail(self, reason: str, message: str, origin: str) -> NoReturn:
@@ -615,7 +654,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     @command(
         dtype_in=str,
         dtype_out=_LRC_REPLY,
-        doc_in='{"procedure_id": int (optional: the running one), "run_abort": false}',
+        doc_in='{"procedure_id": int (optional: the running one), "run_abort": false, '
+        '"grace": seconds after SIGTERM before SIGKILL (optional: StopGraceSeconds)}',
         doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is STOPPED.",
     )
     def Stop(self, argin: str) -> list[Any]:
@@ -623,14 +663,14 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._lrc_reply("Stop", self._stop_command, argin)
 
     def _stop_command(self, argin: str) -> list[Any]:
-        body = self._decode(argin, "Stop", {"procedure_id", "run_abort"})
+        body = self._decode(argin, "Stop", {"procedure_id", "run_abort", "grace"})
         user = self._requester(body, "Stop")
         service = self._engine("Stop")
         pid = self._procedure_id(body, "Stop")
         run_abort = body.get("run_abort", False)
         if not isinstance(run_abort, bool):
             self._fail("OET_INVALID_REQUEST", "run_abort must be true or false", "Stop")
-        return self._stop(service, "Stop", pid, run_abort, user)
+        return self._stop(service, "Stop", pid, run_abort, user, body.get("grace"))
 
     @command(
         dtype_out=_LRC_REPLY,
@@ -674,10 +714,18 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._finish_now(command_id, ResultCode.OK, "[]")
 
     def _stop(
-        self, service: ScriptExecutionService, name: str, pid: int | None, abort: bool, user: str
+        self,
+        service: ScriptExecutionService,
+        name: str,
+        pid: int | None,
+        abort: bool,
+        user: str,
+        grace: float | None = None,
     ) -> list[Any]:
         command_id = generate_command_id(name)
-        summaries = self._accept(name, service.stop, pid, run_abort=abort, requested_by=user)
+        summaries = self._accept(
+            name, service.stop, pid, run_abort=abort, requested_by=user, grace=grace
+        )
         if self._activity_service is not None:
             action = "aborted" if abort else "stopped"
             self._activity_service.note(summaries[0]["id"], action, user)

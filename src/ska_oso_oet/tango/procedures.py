@@ -135,9 +135,13 @@ class ProcedureView:
         if isinstance(new_state, str):
             seen.states.add(new_state)
             seen.transitions += 1
-            summary = lookup(pid) or self._cache.get(pid)
-            if summary is not None:
-                self._cache[pid] = as_of(summary, seen.transitions, new_state)
+            carried = event.payload.get("summary")
+            if isinstance(carried, dict):  # the summary as of this very change
+                self._cache[pid] = carried
+            else:  # an engine that does not send it: rewind the current one
+                summary = lookup(pid) or self._cache.get(pid)
+                if summary is not None:
+                    self._cache[pid] = as_of(summary, seen.transitions, new_state)
         elif isinstance(result, dict):
             self._cache[pid] = result
         elif event.topic.endswith(".stacktrace") and pid in self._cache:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ import tango.server
 
 from ..procedure.config import config_from_sources
 from ..procedure.launcher import WorkerLauncher
+from ..procedure.worker import STOP_SIGNALS
 from . import runtime
 from .device import OETDevice
 from .logs import configure_process_logging
@@ -35,6 +37,11 @@ LOGGER = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the device server until it is told to stop (Ctrl-C, SIGTERM, DServer Kill)."""
+    # Tango's Starter leaves SIGTERM, SIGINT, SIGHUP and SIGQUIT blocked in the mask it hands
+    # down; unblocked here, before any thread exists, so every thread, the fork server and
+    # the scripts receive them (``kill -TERM`` of the server works, stops do not end in
+    # SIGKILL only).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     args = [SERVER_NAME, *(sys.argv[1:] if argv is None else argv)]
     os.environ.setdefault("TANGO_DS_EVENT_BUFFER_HWM", EVENT_BUFFER_HWM)
     configure_process_logging(stream=sys.stderr)  # Starter keeps stderr, drops stdout

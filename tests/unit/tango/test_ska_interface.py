@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,6 +217,19 @@ def test_initial_values_and_debug_device(fresh: tuple[DeviceServerProcess, int])
         pass
 
 
+def kill_fork_servers_until_fault(server: DeviceServerProcess, device: tango.DeviceProxy) -> None:
+    """Kill each fork server the launcher starts until the device gives up on them."""
+    deadline = time.monotonic() + 120
+    killed: set[int] = set()
+    while device.state() != tango.DevState.FAULT:
+        assert time.monotonic() < deadline, f"no FAULT after killing {len(killed)} fork servers"
+        for child in psutil.Process(server.process.pid).children():
+            if child.pid not in killed:
+                killed.add(child.pid)
+                child.kill()
+        time.sleep(0.05)  # polling the server's children, not a test condition
+
+
 def test_reset_recovers_a_device_whose_fork_server_died(
     fresh: tuple[DeviceServerProcess, int], script_dir: Path
 ) -> None:
@@ -223,8 +237,9 @@ def test_reset_recovers_a_device_whose_fork_server_died(
     device = server.proxy(DEVICE)
     assert prepared(device, script_dir, "hello.py") == 1
     with EventTracer(device, "State") as tracer:
-        for child in psutil.Process(server.process.pid).children():
-            child.kill()  # the worker fork server (and its warm workers go with it)
+        # A dead fork server is restarted at once, but one that keeps dying (six times within
+        # a minute) is not: the device is then in FAULT until Reset.
+        kill_fork_servers_until_fault(server, device)
         tracer.wait_for(lambda v: v == tango.DevState.FAULT, "State", timeout=30)
         assert device.healthState == 2
         with pytest.raises(tango.DevFailed) as excinfo:
