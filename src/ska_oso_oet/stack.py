@@ -77,6 +77,11 @@ class StackContext:
     #: set once the stack is stopping: a service's start-up wait should give up on it
     stopping: threading.Event = field(default_factory=threading.Event)
 
+    def child_command(self, command: Sequence[str]) -> list[str]:
+        """How a service runs its process: so that it dies with ``oet-stack`` (see
+        :func:`guarded`)."""
+        return guarded(command)
+
 
 #: A service started after the devices answer: returns the process it started (the stack
 #: stops it first on shutdown) or None. It should wait until the service is ready.
@@ -191,6 +196,26 @@ def default_abort_script(options: argparse.Namespace) -> str | None:
 
 
 # ----- processes ------------------------------------------------------------------------------
+#: Runs in each child before its real program: asks Linux to send the child SIGTERM when the
+#: thread of oet-stack that started it ends, so that nothing outlives a stack killed by SIGKILL
+#: (the setting survives the exec). Exits at once if the stack is already gone.
+_ORPHAN_GUARD = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except AttributeError:  # no prctl (not Linux): nothing to ask for
+    pass
+if os.getppid() != int(sys.argv[1]):
+    os._exit(70)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def guarded(command: Sequence[str]) -> list[str]:
+    """``command``, run so that it receives SIGTERM if ``oet-stack`` dies, however it dies."""
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *command]
+
+
 def _log_file(data_dir: Path, name: str) -> Any:
     return (data_dir / f"{name}.log").open("ab")
 
@@ -205,15 +230,17 @@ def start_database(
     log_path = data_dir / "databaseds.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                _executable("PyDatabaseds"),
-                "--port",
-                str(port),
-                "--host",
-                host,
-                "--print-host-port",
-                "2",
-            ],
+            guarded(
+                [
+                    _executable("PyDatabaseds"),
+                    "--port",
+                    str(port),
+                    "--host",
+                    host,
+                    "--print-host-port",
+                    "2",
+                ]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=db_env,
@@ -254,14 +281,16 @@ def register_devices(tango_host: str, devices: dict[str, dict[str, list[str]]]) 
 def start_device_server(data_dir: Path, host: str, env: dict[str, str]) -> subprocess.Popen:
     with _log_file(data_dir, "OETDeviceServer") as log:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ska_oso_oet.tango.server",
-                INSTANCE,
-                "-ORBendPoint",
-                f"giop:tcp:{host}:0",
-            ],
+            guarded(
+                [
+                    sys.executable,
+                    "-m",
+                    "ska_oso_oet.tango.server",
+                    INSTANCE,
+                    "-ORBendPoint",
+                    f"giop:tcp:{host}:0",
+                ]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -404,18 +433,31 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.fatal: str | None = None
         self._critical: list[tuple[str, subprocess.Popen]] = []
-        self._threads: list[threading.Thread] = []
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
+        self._released = threading.Event()
 
     def critical(self, name: str, process: subprocess.Popen) -> None:
         self._critical.append((name, process))
 
     def restartable(self, name: str, process: subprocess.Popen, restart: Restarter) -> None:
+        done = threading.Event()
         thread = threading.Thread(
-            target=self._keep_running, args=(name, process, restart), name=f"supervise-{name}"
+            target=self._supervise, args=(name, process, restart, done), name=f"supervise-{name}"
         )
-        thread.daemon = True  # joined in stop(); daemon only so a bug cannot hang the exit
-        self._threads.append(thread)
+        thread.daemon = True  # released in release(); daemon only so a bug cannot hang the exit
+        self._threads.append((thread, done))
         thread.start()
+
+    def _supervise(
+        self, name: str, process: subprocess.Popen, restart: Restarter, done: threading.Event
+    ) -> None:
+        try:
+            self._keep_running(name, process, restart)
+        finally:
+            done.set()
+            # A process this thread restarted gets its death signal when this thread ends
+            # (PR_SET_PDEATHSIG follows the thread): stay until the stack has stopped it.
+            self._released.wait()
 
     def wait(self, stop: threading.Event) -> None:
         """Until ``stop`` is set or a critical process dies (then :attr:`fatal` is set)."""
@@ -429,10 +471,17 @@ class Supervisor:
                     return
 
     def stop(self, timeout: float = START_TIMEOUT) -> None:
-        """End supervision: no restart begins after this; one under way gives up."""
+        """End supervision: no restart begins after this; one under way gives up. Then stop
+        the stack's processes, then :meth:`release`."""
         self.stack.stopping.set()
-        for thread in self._threads:
-            thread.join(timeout)
+        for _, done in self._threads:
+            done.wait(timeout)
+
+    def release(self) -> None:
+        """Let the supervising threads end (once the processes they started are stopped)."""
+        self._released.set()
+        for thread, _ in self._threads:
+            thread.join(5.0)
 
     def _keep_running(self, name: str, process: subprocess.Popen, restart: Restarter) -> None:
         stopping = self.stack.stopping
@@ -634,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if supervisor is not None:
             supervisor.stop()
         stack.stop()
+        if supervisor is not None:
+            supervisor.release()
         print("oet-stack stopped", flush=True)
 
 

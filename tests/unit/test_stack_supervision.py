@@ -62,6 +62,7 @@ def running():
     for s, supervisor in stacks:
         supervisor.stop()
         s.stop()
+        supervisor.release()
 
 
 def wait_until(predicate, what: str) -> None:
@@ -85,7 +86,7 @@ def test_a_crashed_process_is_restarted_with_growing_delays(running, caplog) -> 
     # each restart waited 0.1, 0.2, 0.4, 0.4 (capped) at least after the previous crash
     gaps = [b - a for a, b in zip([crashed_at, *restarts.times], restarts.times, strict=False)]
     for gap, delay in zip(gaps, (0.1, 0.2, 0.4, 0.4), strict=True):
-        assert gap >= delay
+        assert gap >= delay - 0.01  # (a timed wait may end a hair early)
     assert last.poll() is None  # the lasting one is kept running
     messages = [r.getMessage() for r in caplog.records]
     crashes = [m for m in messages if m.startswith("svc (pid") and "exited with code 7" in m]
@@ -106,7 +107,7 @@ def test_a_failed_restart_is_retried_after_a_longer_wait(running, caplog) -> Non
     restarts = Restarts(fails, fails, lasting)
     supervisor.restartable("svc", first, restarts)
     assert restarts.done.wait(TIMEOUT)
-    assert restarts.times[2] - restarts.times[1] >= 0.2  # 0.05 -> 0.1 -> 0.2
+    assert restarts.times[2] - restarts.times[1] >= 0.19  # 0.05 -> 0.1 -> 0.2
     messages = [r.getMessage() for r in caplog.records]
     assert sum("svc did not restart: svc not ready within 60 s" in m for m in messages) == 2
 

@@ -66,6 +66,8 @@ def start(context: Any) -> subprocess.Popen[bytes] | None:
     ]  # fmt: skip
     if others:
         command += ["--devices", ",".join(others)]
+    if hasattr(context, "child_command"):  # dies with oet-stack, however that dies
+        command = context.child_command(command)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=context.env, start_new_session=True

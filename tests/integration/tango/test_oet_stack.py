@@ -314,3 +314,20 @@ def test_the_tango_database_dying_stops_the_whole_stack(tmp_path: Path) -> None:
         assert not alive, f"left behind: {alive}"
     finally:
         running.close(check=False)
+
+
+def test_nothing_outlives_a_stack_killed_by_sigkill(tmp_path: Path) -> None:
+    running = RunningStack(tmp_path)
+    try:
+        gateway = running.child(GATEWAY)
+        gateway.kill()  # so that one child was started by a supervising thread, not at start-up
+        running.output.wait_for("oet-gateway restarted", RESTART_TIMEOUT)
+        descendants = psutil.Process(running.process.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in descendants)
+        assert all(marker in names for marker in (DATABASE, DEVICE_SERVER, GATEWAY)), names
+        running.process.kill()
+        running.process.wait(10)
+        _, alive = psutil.wait_procs(descendants, timeout=60)
+        assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
+    finally:
+        running.close(check=False)
