@@ -129,7 +129,28 @@ def _api(
     )
     app.state.settings = settings
     app.state.authenticator = authenticator
+    if not authenticator.enabled:
+        _document_as_open(app)
     install_error_handlers(app)
     for router in (procedures.router, activities.router, activities.sbd_router, stream.router):
         app.include_router(router, prefix=base)
     return app
+
+
+def _document_as_open(app: FastAPI) -> None:
+    """An open gateway (no authentication configured) asks for no token: its OpenAPI
+    document then declares no security requirement, so that it matches what it serves."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.pop("security", None)
+                    for status in ("401", "403"):
+                        operation.get("responses", {}).pop(status, None)
+        schema.get("components", {}).pop("securitySchemes", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .auth import AuthError, OidcUnavailable
 
@@ -113,6 +114,18 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "Malformed request"
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method the requested path serves: Starlette answers 405 with the methods of the
+    first route matching the path only, while GET and POST of one path are separate routes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    methods.discard("HEAD")  # implied by GET, and not an operation of the OpenAPI document
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error, including framework ones, use the documented body."""
 
@@ -139,13 +152,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail: Any = exc.detail
         error_type = HTTPStatus(exc.status_code).phrase.replace(" ", "")
         if exc.status_code == HTTPStatus.NOT_FOUND:
             error_type = "ResourceNotFound"
         body = error_body(exc.status_code, error_type, str(detail))
-        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = _allowed_methods(request)
+        return JSONResponse(body, exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -17,12 +17,16 @@ from ..vocabulary import ProcedureState
 #: A URI, path or name sent on to the device: bounded and free of control characters (a NUL
 #: would otherwise fail deep inside the engine, not as a 400 here).
 Text = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: A script: ``file:///absolute/path.py`` or ``git://path/in/repo.py``.
+ScriptUri = Annotated[
+    str, Field(min_length=7, max_length=4096, pattern=r"^(file:///|git://)[^\x00-\x1f\x7f]+$")
+]
 
 
 class FunctionArgs(BaseModel):
     """Positional and keyword arguments for one script function."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -30,7 +34,7 @@ class FunctionArgs(BaseModel):
 class GitArgs(BaseModel):
     """Where a ``git://`` script comes from; ``git_commit`` wins over ``git_branch``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     #: None: the engine's default repository (ska-oso-scripting unless configured).
     git_repo: Text | None = None
     git_branch: Text | None = None
@@ -40,9 +44,9 @@ class GitArgs(BaseModel):
 class Script(BaseModel):
     """The script to load: ``file:///abs/path.py`` or ``git://path/in/repo.py``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     script_type: Literal["filesystem", "git"] | None = None
-    script_uri: Text = Field(examples=["file:///scripts/hello_world.py"])
+    script_uri: ScriptUri = Field(examples=["file:///scripts/hello_world.py"])
     git_args: GitArgs | None = None
     create_env: bool = False
 
@@ -53,7 +57,13 @@ class CreateProcedureRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
+            # what the validator below requires, so that the document says it too
+            "anyOf": [
+                {"required": ["script"], "properties": {"script": {"type": "object"}}},
+                {"required": ["script_uri"], "properties": {"script_uri": {"type": "string"}}},
+            ],
             "examples": [
                 {
                     "script": {
@@ -62,11 +72,11 @@ class CreateProcedureRequest(BaseModel):
                     },
                     "script_args": {"init": {"args": [], "kwargs": {"subarray_id": 1}}},
                 }
-            ]
+            ],
         },
     )
     script: Script | None = None
-    script_uri: Text | None = None
+    script_uri: ScriptUri | None = None
     script_type: Literal["filesystem", "git"] | None = None
     git_args: GitArgs | None = None
     create_env: bool | None = None
@@ -86,6 +96,7 @@ class UpdateProcedureRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"state": "RUNNING", "script_args": {"main": {"args": [], "kwargs": {}}}},
@@ -133,6 +144,7 @@ class CreateActivityRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -174,6 +186,44 @@ class ActivityResponse(BaseModel):
 
 class ActivityListResponse(BaseModel):
     activities: list[ActivitySummary]
+
+
+#: An SBD id as the device stores it.
+SBD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class SbdActivity(BaseModel):
+    """One named activity of an SBD: the script to run and its arguments."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    kind: Literal["filesystem", "git"]
+    path: Text = Field(examples=["file:///scripts/observe.py"])
+    repo: Text | None = None
+    branch: Text | None = None
+    commit: Text | None = None
+    function_args: dict[str, FunctionArgs] = Field(default_factory=dict)
+
+
+class SbdRequest(BaseModel):
+    """Body of ``POST /sbds``: what the OET needs of an SBD; every other field is kept as sent
+    (and given to the activity's script)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "sbd_id": "sbd-demo-00001",
+                    "activities": {
+                        "observe": {"kind": "filesystem", "path": "file:///scripts/observe.py"}
+                    },
+                }
+            ]
+        },
+    )
+    sbd_id: str = Field(pattern=SBD_ID_PATTERN)
+    activities: dict[str, SbdActivity] = Field(min_length=1)
 
 
 class SbdResponse(BaseModel):

@@ -63,6 +63,8 @@ class FakeDevice(DeviceClient):
         uri = script.get("script_uri") or ""
         if not uri.startswith(("file:///", "git://")):
             raise GatewayError(errors.INVALID_REQUEST, f"script URI not allowed: {uri!r}")
+        if uri.startswith("file:///forbidden/"):  # as the device refuses paths outside its roots
+            raise GatewayError(errors.INVALID_REQUEST, f"{uri} is outside the script roots")
         init = (request.get("script_args") or {}).get("init") or {}
         pid = next(self._ids)
         summary = {

@@ -89,9 +89,17 @@ def test_invalid_json_is_400(client):
 
 
 def test_device_refusal_of_a_request_is_400_with_its_reason(client):
+    body = {"script": {"script_uri": "file:///forbidden/x.py"}}
+    response = client.post(f"{BASE}/procedures", json=body)
+    assert response.status_code == 400
+    assert response.json()["Message"] == "file:///forbidden/x.py is outside the script roots"
+
+
+def test_script_uri_of_an_unknown_scheme_is_400_before_the_device(client, device):
     response = client.post(f"{BASE}/procedures", json={"script": {"script_uri": "http://x.py"}})
     assert response.status_code == 400
-    assert response.json()["Message"] == "script URI not allowed: 'http://x.py'"
+    assert "script_uri" in response.json()["Message"]
+    assert device.calls == []
 
 
 def test_list_and_get_are_wrapped_and_carry_uris(client):
@@ -201,12 +209,20 @@ def test_stop_of_a_finished_procedure_is_a_message_not_an_error(client, device):
     }
 
 
-@pytest.mark.parametrize("body", [{"state": "COMPLETE"}, {"state": "bogus"}, {"abort": True}, []])
+@pytest.mark.parametrize("body", [{"state": "bogus"}, {"abort": True}, []])
 def test_put_with_an_unusable_state_is_400(client, device, body):
     pid = create(client)["id"]
     response = client.put(f"{BASE}/procedures/{pid}", json=body)
     assert response.status_code == 400
     assert response.json()["type"] == "Malformed Request"
+
+
+def test_put_of_a_state_the_procedure_cannot_be_moved_to_is_409(client, device):
+    # a valid body (any state may be PUT back), in conflict with the procedure's state
+    pid = create(client)["id"]
+    response = client.put(f"{BASE}/procedures/{pid}", json={"state": "COMPLETE"})
+    assert response.status_code == 409
+    assert "only RUNNING and STOPPED" in response.json()["Message"]
 
 
 def test_unreachable_device_is_503(client, device):

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request
+from fastapi import APIRouter, Path, Request
 
 from ..auth import Admin, Operator, Viewer
 from ..deps import ClientDep
 from ..schemas import (
+    SBD_ID_PATTERN,
     ActivityListResponse,
     ActivityResponse,
     CreateActivityRequest,
+    SbdRequest,
     SbdResponse,
     error_responses,
 )
 
 #: SBD ids as the device stores them (printable ASCII): anything else is a clear 400 here
 #: rather than a failure to encode it for Tango.
-SbdId = Annotated[
-    str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["sbd-demo-00001"])
-]
+SbdId = Annotated[str, Path(pattern=SBD_ID_PATTERN, examples=["sbd-demo-00001"])]
 
 router = APIRouter(prefix="/activities", tags=["activities"])
 sbd_router = APIRouter(prefix="/sbds", tags=["activities"])
@@ -74,13 +74,9 @@ async def get_activity(
 @sbd_router.post(
     "", status_code=201, response_model=SbdResponse, responses=error_responses(400, 501, 503)
 )
-async def add_sbd(
-    client: ClientDep,
-    _: Admin,
-    sbd: dict[str, Any] = Body(),  # noqa: B008
-) -> dict[str, Any]:
+async def add_sbd(client: ClientDep, _: Admin, sbd: SbdRequest) -> dict[str, Any]:
     """Store (or replace) a scheduling block definition, for activities to run."""
-    return {"sbd": await client.add_sbd(sbd)}
+    return {"sbd": await client.add_sbd(sbd.model_dump(mode="json", exclude_unset=True))}
 
 
 @sbd_router.get("/{sbd_id}", response_model=SbdResponse, responses=error_responses(400, 404, 501))

@@ -100,9 +100,12 @@ async def update_procedure(
     if body.state == summary["state"]:
         return {"procedure": public_summary(request, summary)}
     if body.state != "RUNNING":
+        # Any state is a valid body (older clients PUT the whole procedure back), so asking
+        # for one the procedure cannot be moved to is a conflict with its state, not a 400.
         raise GatewayError(
-            errors.INVALID_REQUEST,
-            f"Cannot set state {body.state}: only RUNNING and STOPPED can be requested",
+            errors.STATE_CONFLICT,
+            f"Cannot set state {body.state} on procedure {procedure_id} ({summary['state']}): "
+            "only RUNNING and STOPPED can be requested",
         )
     if summary["state"] in PREPARING_STATES:
         await client.wait_for_state(
