@@ -125,6 +125,20 @@ def test_what_the_stack_stops_is_not_restarted(running) -> None:
     assert s.processes == []
 
 
+def test_a_stop_during_the_back_off_ends_it_at_once(running) -> None:
+    s, supervisor = running(stack.Backoff(initial=600))
+    first = crashing()
+    s.add("svc", first)
+    restarts = Restarts(lasting)
+    supervisor.restartable("svc", first, restarts)
+    wait_until(lambda: first.poll() is not None, "the crash")
+    begun = time.monotonic()
+    supervisor.stop(timeout=TIMEOUT)
+    assert time.monotonic() - begun < TIMEOUT
+    assert all(done.is_set() for _, done in supervisor._threads)
+    assert restarts.times == []
+
+
 def test_a_critical_death_ends_the_wait_with_the_reason(running) -> None:
     s, supervisor = running(stack.Backoff())
     database = crashing(3)

@@ -273,6 +273,8 @@ def test_a_killed_device_server_is_restarted_and_its_devices_answer(
 ) -> None:
     server = supervised.child(DEVICE_SERVER)
     gateway = supervised.child(GATEWAY)
+    left = server.children(recursive=True)  # its fork server(s), at least
+    assert left
     close_hubs()
     server.kill()
     supervised.output.wait_for(
@@ -280,6 +282,8 @@ def test_a_killed_device_server_is_restarted_and_its_devices_answer(
     )
     supervised.output.wait_for("OETDeviceServer restarted", RESTART_TIMEOUT)
     assert supervised.child(DEVICE_SERVER).pid != server.pid
+    _, alive = psutil.wait_procs(left, timeout=30)
+    assert not alive, f"the crashed server left {[p.cmdline() for p in alive]}"
     proxy = supervised.proxy()
     assert proxy.state() == tango.DevState.ON
     body = {
