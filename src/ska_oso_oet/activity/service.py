@@ -50,7 +50,7 @@ class ActivityService:
         self._activities: dict[int, Activity] = {}
         self._pending: dict[str, Activity] = {}
         self._by_procedure: dict[int, Activity] = {}
-        self._next_id = 1
+        self._next_id = config.next_id(0)
         self._store = JsonTable(config.state_database, "activities")
         self._recover()
         self._subscription = engine.events.subscribe(self._follow)
@@ -92,7 +92,7 @@ class ActivityService:
             )
         with self._lock:
             activity_id = self._next_id
-            self._next_id += 1
+            self._next_id = self._engine.config.next_id(self._next_id)
         sbi_id = f"sbi-oet-{time.strftime('%Y%m%d', time.gmtime())}-{activity_id:05d}-{secrets.token_hex(2)}"
         sb_json = self._write_instance(sbi_id, sbd)
         init = merge_args(script.function_args.get("init"), request.script_args.get("init"))
@@ -261,7 +261,7 @@ class ActivityService:
                 activity.record(ActivityState.FAILED)
                 self._store.save(activity.id, activity.summary())
             self._activities[activity.id] = activity
-            self._next_id = max(self._next_id, activity.id + 1)
+            self._next_id = max(self._next_id, self._engine.config.next_id(activity.id))
         self._evict()
 
 

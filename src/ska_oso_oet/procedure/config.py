@@ -24,6 +24,10 @@ class OetConfig:
     #: Name used as ``msg_src`` of the engine's own events (the Tango device name, say).
     name: str = "oet"
     subarray_id: int = 1
+    #: Procedure and activity ids are ``n * id_stride + subarray_id`` (n = 0, 1, 2, ...): the
+    #: last two digits name the subarray, so ids are unique across the deployment's devices
+    #: (and the gateway finds a procedure's device from its id). 1 numbers them 1, 2, 3, ...
+    id_stride: int = 100
     #: ``file://`` scripts must lie under one of these folders.
     script_roots: tuple[Path, ...] = field(default_factory=_default_script_roots)
     #: Script run (with ``init(subarray_id=...)``) after a stop with abort; None disables it.
@@ -95,6 +99,7 @@ class OetConfig:
             ("max_prepared", self.max_prepared >= 1, "must be at least 1"),
             ("event_queue_limit", self.event_queue_limit >= 1, "must be at least 1"),
             ("max_line_length", self.max_line_length >= 80, "must be at least 80"),
+            ("id_stride", self.id_stride >= 1, "must be at least 1"),
             (
                 "env_installer",
                 self.env_installer in ("auto", "uv", "pip"),
@@ -109,6 +114,16 @@ class OetConfig:
                 f"{setting_label('abort_script')} must be a file:///absolute/path.py URI, "
                 f"got {self.abort_script!r}"
             )
+        if self.id_stride > 1 and not 0 < self.subarray_id < self.id_stride:
+            raise ValueError(
+                f"subarray_id {self.subarray_id} cannot be encoded in ids of stride "
+                f"{self.id_stride}: it must lie between 1 and {self.id_stride - 1}"
+            )
+
+    def next_id(self, after: int) -> int:
+        """The smallest id of this subarray greater than ``after`` (see ``id_stride``)."""
+        first = after + 1
+        return first + (self.subarray_id - first) % self.id_stride
 
 
 #: Setting name -> environment variable. Settings are the field names of OetConfig.
@@ -164,6 +179,7 @@ def _coerce(name: str, value: Any) -> Any:
         "max_prepared",
         "event_queue_limit",
         "max_line_length",
+        "id_stride",
     ):
         return int(value)
     if name == "stop_grace_seconds":

@@ -114,7 +114,7 @@ class ScriptExecutionService:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._runs: dict[int, _Run] = {}
-        self._next_id = 1
+        self._next_id = self.config.next_id(0)
         self._closed = False
         #: Called before each script message is published, with no lock held; returns False
         #: while the consumer of our events is too far behind (back-pressure, see
@@ -348,7 +348,7 @@ class ScriptExecutionService:
                     "; stop or start some first"
                 )
             run = _Run(Procedure.new(self._next_id, request), autostart=request.autostart_args)
-            self._next_id += 1
+            self._next_id = self.config.next_id(self._next_id)
             self._runs[run.id] = run
             summary = run.procedure.summary()
             LOGGER.info("procedure %d created by %s", run.id, run.procedure.audit[0]["user"])
@@ -702,7 +702,7 @@ class ScriptExecutionService:
                 )
                 self._store.save(procedure.summary())
             self._runs[procedure.id] = _Run(procedure)
-            self._next_id = max(self._next_id, procedure.id + 1)
+            self._next_id = max(self._next_id, self.config.next_id(procedure.id))
         self._evict()
 
 

@@ -1,6 +1,8 @@
 """The FastAPI application of the gateway.
 
-One app serves one device, plus optionally more devices under ``/subarray/<n>``. Serve it with
+One app is one OET for every device it fronts: at ``base_path`` a create goes to the device of
+its ``subarray_id``, ids lead to their device and lists and the stream cover every device
+(:mod:`.routing`); each extra device is also served alone under ``/subarray/<n>``. Serve it with
 uvicorn's factory mode (``uvicorn --factory ska_oso_oet.rest.app:create_app``, or
 ``oet-gateway``); settings then come from ``OET_REST_*`` variables. Tests pass their own
 settings and a fake :class:`~.client.DeviceClient`.
@@ -23,6 +25,7 @@ from .errors import install_error_handlers
 from .hub import EventHub
 from .limits import RequestLimits
 from .routes import activities, health, procedures, stream
+from .routing import RoutedClient
 from .settings import RestSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -56,15 +59,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Mounted apps get no lifespan of their own: open every device's client here.
-        app.state.client = client or _tango_client(settings)
+        device_clients = {settings.device: client or _tango_client(settings)}
         for device, api in mounted.items():
             given = (extra_clients or {}).get(device)
-            api.state.client = given or _tango_client(api.state.settings)
-        clients = [app.state.client, *(api.state.client for api in mounted.values())]
-        monitor.attach(dict(zip([settings.device, *mounted], clients, strict=True)))
+            device_clients[device] = given or _tango_client(api.state.settings)
+            api.state.client = device_clients[device]
+        # The default URL is one OET: every device behind one routing client.
+        merged = EventHub(settings.replay_size, settings.client_queue_size)
+        app.state.client = RoutedClient(device_clients, merged, settings.id_stride)
+        monitor.attach(device_clients)
         started: list[DeviceClient] = []
         try:
-            for device_client in clients:
+            for device_client in [*device_clients.values(), app.state.client]:
                 await device_client.start()
                 started.append(device_client)
             yield

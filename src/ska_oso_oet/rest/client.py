@@ -61,6 +61,11 @@ class DeviceClient(abc.ABC):
         """True once requests can reach the device (``/health`` reports it)."""
         return True
 
+    @property
+    def subarray_id(self) -> int | None:
+        """The subarray the device serves (its ``subarrayId``), None until known."""
+        return None
+
     @abc.abstractmethod
     async def prepare(
         self, request: dict[str, Any], requested_by: str | None = None
@@ -180,6 +185,7 @@ class TangoDeviceClient(DeviceClient):
         self._event_id: int | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._connect_error = "not connected yet"
+        self._subarray_id: int | None = None
 
     async def start(self) -> None:
         await super().start()
@@ -203,6 +209,10 @@ class TangoDeviceClient(DeviceClient):
     @property
     def connected(self) -> bool:
         return self._proxy is not None
+
+    @property
+    def subarray_id(self) -> int | None:
+        return self._subarray_id
 
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -235,6 +245,8 @@ class TangoDeviceClient(DeviceClient):
         # Subscribe once the device answers: a subscription made while it is down only starts
         # delivering at Tango's next keep-alive round (~10 s), retrying here is quicker.
         proxy.ping()
+        with contextlib.suppress(Exception):  # an older device without it: named by its name
+            self._subarray_id = int(proxy.read_attribute("subarrayId").value) or None
         # Stateless: Tango re-subscribes by itself after a device server restart.
         self._event_id = proxy.subscribe_event(
             "lastEvent", tango.EventType.CHANGE_EVENT, self._on_event, stateless=True

@@ -174,6 +174,29 @@ class EventHub:
         published = self._publish([raw])
         return published[0] if published else None
 
+    def relay(self, events: Sequence[HubEvent]) -> None:
+        """Publish other hubs' events (loop thread), renumbered in this hub's sequence: the
+        merged stream of several devices. The ``seq`` at the text's start is rewritten so that
+        ``data.seq`` and the SSE ``id:`` agree; the rest of the text is passed on untouched."""
+        published = []
+        for event in events:
+            self.last_seq += 1
+            match = _SEQ_AT_START.match(event.raw)
+            if match:
+                raw = f"{event.raw[: match.start(1)]}{self.last_seq}{event.raw[match.end(1) :]}"
+                relayed = HubEvent(self.last_seq, raw)
+            else:  # seq elsewhere (an older device): encoded again, with ours first
+                data = {**event.data, "seq": self.last_seq}
+                data = {"seq": data.pop("seq"), **data}
+                relayed = HubEvent(self.last_seq, json.dumps(data, separators=(",", ":")), data)
+            self._replay.append(relayed)
+            for subscription in tuple(self._subscriptions):
+                subscription._offer(relayed)
+            published.append(relayed)
+        if published:
+            for observer in self._observers:
+                observer(published)
+
     def _publish(self, values: list[str]) -> list[HubEvent]:
         """Publish events in order. Repeats and undecodable values are ignored: Tango re-sends
         the current value on every (re)subscription."""

@@ -29,6 +29,7 @@ _FLAGS = {
     "devices": "OET_REST_DEVICES",
     "tango_host": "OET_REST_TANGO_HOST",
     "base_path": "OET_REST_BASE_PATH",
+    "v7_path": "OET_REST_V7_PATH",
     "log_level": "OET_REST_LOG_LEVEL",
     "auth_tokens_file": "OET_REST_AUTH_TOKENS_FILE",
     "oidc_issuer": "OET_REST_OIDC_ISSUER",
@@ -60,13 +61,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--devices",
-        help="more devices, comma-separated, each served under /subarray/<n> [OET_REST_DEVICES]",
+        help="more devices, comma-separated: all are one OET at the base path, and each is "
+        "also served alone under /subarray/<n> [OET_REST_DEVICES]",
     )
     parser.add_argument(
         "--tango-host",
         help="HOST:PORT of the Tango database [OET_REST_TANGO_HOST] (default: $TANGO_HOST)",
     )
     parser.add_argument("--base-path", help="URL prefix [OET_REST_BASE_PATH] (default /api/v1.0)")
+    parser.add_argument(
+        "--v7-path",
+        help="URL prefix of the v7 API, '' for none [OET_REST_V7_PATH] "
+        "(default /ska-oso-oet/oet/api/v7)",
+    )
     parser.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],

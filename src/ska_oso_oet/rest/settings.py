@@ -26,6 +26,12 @@ class RestSettings(BaseSettings):
     #: ``host:port`` of the Tango database; None uses the process's ``TANGO_HOST``.
     tango_host: str | None = None
     base_path: str = "/api/v1.0"
+    #: Where the current OET API (v7) is served beside ``base_path`` (like the reference's
+    #: ``/<namespace>/oet/api/v7``); empty serves it nowhere.
+    v7_path: str = "/ska-oso-oet/oet/api/v7"
+    #: The devices' id stride (their ``OET_ID_STRIDE``): ``id % id_stride`` names the subarray
+    #: of a procedure or activity, which tells the gateway which device to ask first.
+    id_stride: int = Field(100, ge=1)
     #: Client-side timeout of every Tango call.
     tango_timeout_ms: int = Field(3000, ge=100)
     #: Threads running blocking Tango calls.
@@ -82,7 +88,7 @@ class RestSettings(BaseSettings):
             return [d.strip() for d in value.split(",") if d.strip()]
         return value
 
-    @field_validator("base_path")
+    @field_validator("base_path", "v7_path")
     @classmethod
     def _normalise_base_path(cls, value: str) -> str:
         value = "/" + value.strip("/")

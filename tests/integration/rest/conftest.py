@@ -323,3 +323,120 @@ def is_event(topic: str, procedure_id: int, **fields: Any) -> Callable[[dict[str
         and e.get("procedure_id") == procedure_id
         and all(e.get(k) == v for k, v in fields.items())
     )
+
+
+class Telescope(Stack):
+    """Several devices in several device servers behind one gateway: ``servers`` maps a server
+    instance to the subarrays of its devices (``oso/oet/<n>``)."""
+
+    def __init__(self, tmp: Path, tango_host: str, servers: dict[str, list[int]]):
+        super().__init__(tmp, tango_host)
+        self.servers = servers
+        self.subarrays = sorted(n for numbers in servers.values() for n in numbers)
+        self.device_servers = {
+            instance: ManagedProcess(
+                f"device-server-{instance}",
+                [PYTHON, "-m", "ska_oso_oet.tango.server", instance], self.env, tmp,
+            )  # fmt: skip
+            for instance in servers
+        }
+        self.device_server = self.device_servers[next(iter(servers))]
+        others = ",".join(f"oso/oet/{n}" for n in self.subarrays[1:])
+        self.gateway = ManagedProcess(
+            "gateway",
+            [PYTHON, "-m", "ska_oso_oet.rest.server", "--host", "127.0.0.1", "--port", "0",
+             "--device", f"oso/oet/{self.subarrays[0]}", "--devices", others],
+            {**self.env, "OET_REST_KEEPALIVE_SECONDS": "1", "OET_REST_STOP_WAIT_SECONDS": "20",
+             "OET_REST_RECONNECT_SECONDS": "0.5"},
+            tmp,
+        )  # fmt: skip
+
+    def register_device(self) -> None:
+        host, port = self.tango_host.split(":")
+        db = tango.Database(host, int(port))
+        for instance, numbers in self.servers.items():
+            for n in numbers:
+                info = tango.DbDevInfo()
+                info.name, info._class = f"oso/oet/{n}", "OETDevice"
+                info.server = f"OETDeviceServer/{instance}"
+                db.add_device(info)
+                db.put_device_property(
+                    info.name,
+                    {
+                        "SubarrayId": [str(n)],
+                        "ScriptRoots": [str(self.scripts)],
+                        "StateDatabase": [str(self.tmp / f"history-{n}.sqlite")],
+                        "EnvironmentsDir": [str(self.tmp / "envs")],
+                        "GitCacheDir": [str(self.tmp / "git")],
+                        "StopGraceSeconds": ["2"],
+                        "WarmWorkers": ["1"],
+                        "AbortScript": [f"file://{self.scripts / 'abort.py'}"],
+                    },
+                )
+
+    def proxy(self, subarray: int) -> tango.DeviceProxy:
+        return tango.DeviceProxy(f"tango://{self.tango_host}/oso/oet/{subarray}")
+
+    def start_device_server(self, instance: str | None = None) -> None:
+        for name in [instance] if instance else list(self.servers):
+            self.device_servers[name].start()
+        for name in [instance] if instance else list(self.servers):
+            self.wait_device_server(name)
+
+    def wait_device_server(self, instance: str) -> None:
+        process = self.device_servers[instance]
+        for n in self.servers[instance]:
+            proxy = self.proxy(n)
+
+            def answering() -> bool:
+                if process.process.poll() is not None:
+                    raise AssertionError(f"device server exited:\n{process.output()}")
+                try:
+                    return proxy.state() in (tango.DevState.ON, tango.DevState.RUNNING)
+                except tango.DevFailed:
+                    return False
+
+            wait_for(answering, what=f"oso/oet/{n} answering")
+
+    def wait_gateway_connected(self, timeout: float = TIMEOUT) -> None:
+        def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                health = httpx.get(self.url.replace("/api/v1.0", "/health"), timeout=5)
+                return health.status_code == 200
+            return False
+
+        wait_for(ready, timeout, "gateway reaching every device")
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        for process in self.device_servers.values():
+            process.stop()
+
+
+ABORT_SCRIPT = """
+from pubsub import pub
+
+def init(subarray_id=1):
+    global SUBARRAY
+    SUBARRAY = subarray_id
+
+def main():
+    pub.sendMessage("user.script.announce", msg_src="abort", msg=f"aborted subarray {SUBARRAY}")
+"""
+
+
+@pytest.fixture(scope="module")
+def telescope(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Telescope]:
+    """Subarrays 1 and 2 in one device server, 3 in another, one gateway in front."""
+    tmp = tmp_path_factory.mktemp("telescope")
+    database, tango_host = start_database(tmp)
+    telescope = Telescope(tmp, tango_host, {"first": [1, 2], "second": [3]})
+    (telescope.scripts / "abort.py").write_text(ABORT_SCRIPT)
+    try:
+        telescope.register_device()
+        telescope.start_device_server()
+        telescope.start_gateway()
+        yield telescope
+    finally:
+        telescope.stop()
+        database.stop()

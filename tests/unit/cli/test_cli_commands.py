@@ -53,7 +53,7 @@ def test_create_passes_words_and_pairs_to_init_and_prints_the_table(server_url, 
 
 def test_create_git_script_with_git_arguments(server_url, device, capsys):
     code, _, _ = oet(
-        capsys, "procedure", "create", "git://scripts/b.py", "--subarray_id=3",
+        capsys, "procedure", "create", "git://scripts/b.py", "--subarray_id=1",
         "--git_repo=https://git.example/r.git", "--git-branch", "dev", "--create_env",
     )  # fmt: skip
     assert code == 0
@@ -64,7 +64,7 @@ def test_create_git_script_with_git_arguments(server_url, device, capsys):
         "git_args": {"git_repo": "https://git.example/r.git", "git_branch": "dev"},
         "create_env": True,
     }
-    assert body["script_args"]["init"]["kwargs"] == {"subarray_id": 3}
+    assert body["script_args"]["init"]["kwargs"] == {"subarray_id": 1}
 
 
 def test_create_git_script_without_a_repository_leaves_it_to_the_default(

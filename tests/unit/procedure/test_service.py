@@ -336,7 +336,7 @@ class TestPersistence:
 
         second = make_service()
         assert second.get(pid) == expected
-        assert ready(second, "success.py") == pid + 1
+        assert ready(second, "success.py") == second.config.next_id(pid)  # numbering resumes
 
     def test_procedures_active_at_a_crash_are_failed_and_their_workers_gone(self, tmp_path):
         database = tmp_path / "state.sqlite"

@@ -34,8 +34,18 @@ def _audit(action: str, user: str | None) -> dict[str, Any]:
 class FakeDevice(DeviceClient):
     """An in-memory OETDevice behind the :class:`DeviceClient` interface."""
 
-    def __init__(self, hub: EventHub | None = None, *, auto_ready: bool = True):
+    def __init__(
+        self,
+        hub: EventHub | None = None,
+        *,
+        auto_ready: bool = True,
+        subarray: int | None = None,
+        name: str = "oso/oet/1",
+    ):
         super().__init__(hub or EventHub(replay_size=100, queue_size=50))
+        #: With a subarray, ids are numbered as devices do (n * 100 + subarray).
+        self.subarray = subarray
+        self.name = name
         self.auto_ready = auto_ready
         self.unreachable = False
         self.procedures: dict[int, dict[str, Any]] = {}
@@ -44,10 +54,15 @@ class FakeDevice(DeviceClient):
         #: False behaves like an older device without the activity commands.
         self.activity_support = True
         self.calls: list[tuple[str, Any]] = []
-        self._ids = itertools.count(1)
-        self._activity_ids = itertools.count(1)
+        first, step = (subarray, 100) if subarray else (1, 1)
+        self._ids = itertools.count(first, step)
+        self._activity_ids = itertools.count(first, step)
         self._seq = itertools.count(1_000_000)
         self._lock = threading.Lock()
+
+    @property
+    def subarray_id(self) -> int | None:
+        return self.subarray
 
     # --- what the gateway calls -------------------------------------------------------------
     def _check(self, name: str, argument: Any) -> None:
@@ -209,7 +224,7 @@ class FakeDevice(DeviceClient):
             event = {
                 **payload,
                 "topic": topic,
-                "msg_src": "oso/oet/1",
+                "msg_src": self.name,
                 "timestamp": time.time(),
                 "seq": seq,
             }

@@ -253,7 +253,7 @@ def test_reset_recovers_a_device_whose_fork_server_died(
         tracer.wait_for(lambda v: v == tango.DevState.ON, "State")
     assert device.healthState == 0
     pid = prepared(device, script_dir, "hello.py")
-    assert pid == 2  # the history survived the engine's rebuild
+    assert pid == 101  # the history survived the engine's rebuild (ids: n * 100 + subarray 1)
     done = LrcClient(device).invoke("Start", json.dumps({"procedure_id": pid}))
     assert summary(done)["state"] == "COMPLETE"
     assert expect_rejected(device, "Start", json.dumps({"procedure_id": pid})).startswith(
