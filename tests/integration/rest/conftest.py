@@ -336,8 +336,10 @@ class Telescope(Stack):
         self.device_servers = {
             instance: ManagedProcess(
                 f"device-server-{instance}",
-                [PYTHON, "-m", "ska_oso_oet.tango.server", instance], self.env, tmp,
-            )  # fmt: skip
+                [PYTHON, "-m", "ska_oso_oet.tango.server", instance],
+                self.env,
+                tmp,
+            )
             for instance in servers
         }
         self.device_server = self.device_servers[next(iter(servers))]
@@ -388,7 +390,7 @@ class Telescope(Stack):
         for n in self.servers[instance]:
             proxy = self.proxy(n)
 
-            def answering() -> bool:
+            def answering(proxy: tango.DeviceProxy = proxy) -> bool:
                 if process.process.poll() is not None:
                     raise AssertionError(f"device server exited:\n{process.output()}")
                 try:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import TIMEOUT, EventStream, Telescope, is_event
+from .conftest import EventStream, Telescope, is_event
 from .test_gateway_stack import create, oet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

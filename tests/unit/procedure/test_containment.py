@@ -305,7 +305,7 @@ class TestStartupAndShutdown:
         assert second.get(pid)["state"] == "COMPLETE"
         assert [s["id"] for s in second.summaries()] == [pid]
         assert "skipping" in caplog.text and "41" in caplog.text
-        assert second.prepare(prepare_request("success.py"))["id"] == pid + 1
+        assert second.prepare(prepare_request("success.py"))["id"] == second.config.next_id(pid)
 
     def test_one_state_database_per_live_engine(self, make_service, tmp_path):
         make_service()
