@@ -2,9 +2,9 @@
 
 ``lint-imports`` (import-linter, contracts in ``pyproject.toml``) checks the layering in
 ``make lint``; these tests run it too, prove on a copy of the sources that it does catch a
-violation, and check the two modules that must stay standard-library only, which
-import-linter cannot express: the vocabulary (imported by the clients) and the worker (run as a
-plain file under a script's own virtualenv, where nothing of ours is installed).
+violation, and check the modules that must stay standard-library only, which import-linter
+cannot express: the vocabulary (imported by the clients), the worker and its protocol (run as
+plain files under a script's own virtualenv, where nothing of ours is installed).
 """
 
 from __future__ import annotations
