@@ -327,6 +327,7 @@ class TestStartupAndShutdown:
             git_cache_dir=tmp_path / "git",
             environments_dir=tmp_path / "envs",
             pip_options=("--index-url", f"http://127.0.0.1:{port}/", "--timeout", "300"),
+            env_installer="pip",
         )
         recorder = EventRecorder()
         service.events.subscribe(recorder)

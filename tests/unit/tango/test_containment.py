@@ -4,6 +4,7 @@ signal mask). Stop times are printed as ``STOP-TIME <case> <seconds>`` (run with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -66,6 +67,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceServerPro
     # SIGTERM (blocked when the server started) ends it cleanly.
     assert process.process.returncode == 0, process.output()
     assert not mask & {signal.SIGTERM, signal.SIGINT}, "the server unblocked its signal mask"
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared server, stop what a failed test left unfinished."""
+    yield
+    if "server" not in request.fixturenames:
+        return
+    server = request.getfixturevalue("server")
+    for name in (FIRST, SECOND):
+        device = server.proxy(name)
+        for summary in json.loads(device.procedures):
+            if summary["state"] not in ("COMPLETE", "FAILED", "STOPPED"):
+                with contextlib.suppress(tango.DevFailed, AssertionError):
+                    LrcClient(device).invoke(
+                        "Stop", json.dumps({"procedure_id": summary["id"], "grace": 0})
+                    )
 
 
 def _blocked_signals(pid: int) -> set[int]:
@@ -154,7 +172,7 @@ def test_a_script_killing_the_fork_server_harms_neither_device(server):
         running, _ = run(second, "loop_forever.py", other)
         health_from = len(tracer.events)
         killer, msg = run(first, "kill_parent.py", tracer)
-        assert not alive(msg["killed"])
+        wait_all_gone([msg["killed"]], 5.0)  # SIGKILL takes effect when the victim is scheduled
         tracer.wait_for(lambda v: v == 1, "healthState", start=health_from)  # DEGRADED
         tracer.wait_for(lambda v: v == 0, "healthState", start=health_from)  # OK again
         assert first.healthState == 0 and second.healthState == 0
