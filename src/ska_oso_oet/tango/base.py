@@ -158,6 +158,12 @@ class SkaDevice(Device):
         default_value=int(LoggingLevel.INFO),
         doc="loggingLevel at start-up (0 OFF, 1 FATAL, 2 ERROR, 3 WARNING, 4 INFO, 5 DEBUG).",
     )
+    LogFolder = device_property(
+        dtype=str,
+        default_value="logs",
+        doc="Folder that file:: logging targets must lie in (relative: to the server's working "
+        "directory); relative file names are taken inside it.",
+    )
     LoggingTargetsDefault = device_property(
         dtype="DevVarStringArray",
         default_value=["tango::logger"],
@@ -443,7 +449,7 @@ class SkaDevice(Device):
         self.submit(self.push, "loggingTargets", self._targets())
 
     def _apply_logging_targets(self, targets: list[str]) -> None:
-        valid = logs.sanitise_targets(targets, self.get_name())
+        valid = logs.sanitise_targets(targets, self.get_name(), self.LogFolder or "logs")
         logs.update_handlers(self.logger, valid, self.get_logger())
         self.logger.info("Logging targets set to %s", valid)
 

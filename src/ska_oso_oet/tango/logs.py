@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import socket
 import sys
 from collections.abc import Iterable
@@ -86,8 +87,14 @@ class TangoLoggingServiceHandler(logging.Handler):
             self.handleError(record)
 
 
-def sanitise_targets(targets: Iterable[str] | None, device_name: str) -> list[str]:
-    """Normalise ``<type>[::<name>]`` entries, filling in default names; raise on bad ones."""
+def sanitise_targets(
+    targets: Iterable[str] | None, device_name: str, log_folder: str | os.PathLike | None = None
+) -> list[str]:
+    """Normalise ``<type>[::<name>]`` entries, filling in default names; raise on bad ones.
+
+    With ``log_folder``, ``file::`` targets are confined to it (see :func:`confine_log_file`):
+    anyone who may write loggingTargets could otherwise create or append to any file the
+    server can write."""
     defaults = {
         "console": "cout",
         "file": f"{device_name.replace('/', '_')}.log",
@@ -111,10 +118,26 @@ def sanitise_targets(targets: Iterable[str] | None, device_name: str) -> list[st
             )
         if kind == "syslog":
             syslog_address(name)  # validate now, not when the first record is emitted
+        if kind == "file" and log_folder is not None:
+            name = confine_log_file(name, log_folder)
         result.append(f"{kind}::{name}")
     if len(result) > MAX_TARGETS:
         raise LoggingTargetError(f"at most {MAX_TARGETS} logging targets are allowed")
     return result
+
+
+def confine_log_file(name: str, log_folder: str | os.PathLike) -> str:
+    """The absolute path of log file ``name`` (relative names are relative to ``log_folder``),
+    refused unless it lies inside ``log_folder`` once symbolic links and ``..`` are resolved."""
+    folder = os.path.realpath(log_folder)
+    path = os.path.realpath(os.path.join(folder, name))
+    if os.path.commonpath([folder, path]) != folder or path == folder:
+        shown = name if len(name) <= 120 else name[:120] + "..."
+        raise LoggingTargetError(
+            f"file logging target {shown!r} is outside the log folder {folder} (LogFolder)"
+        )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
 
 
 def syslog_address(url: str) -> tuple[tuple[str, int] | str, socket.SocketKind | None]:

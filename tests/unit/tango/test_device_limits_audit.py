@@ -6,13 +6,35 @@ A real server process with the real engine (the module server of conftest).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import tango
 
 from tests.support.lrc_client import LrcClient
+from tests.support.tango_server import DeviceServerProcess
 
-from .conftest import body
+from .conftest import DEVICE, SERVER_COMMAND, body
+
+LOG_FOLDER: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def server(script_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """conftest's server, with its own LogFolder (not the working directory's ``logs``)."""
+    LOG_FOLDER["path"] = tmp_path_factory.mktemp("device-logs")
+    properties = {
+        "ScriptRoots": [str(script_dir)],
+        "StateDatabase": str(tmp_path_factory.mktemp("state") / "oet.sqlite"),
+        "StopGraceSeconds": 1.0,
+        "WarmWorkers": 1,
+        "LogFolder": str(LOG_FOLDER["path"]),
+    }
+    with DeviceServerProcess(
+        SERVER_COMMAND, {DEVICE: properties}, "OETDeviceServer/trust", env={"OET_WARM_WORKERS": "1"}
+    ) as process:
+        yield process
+
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,3 +119,35 @@ class TestAudit:
         request = {**json.loads(body(script_dir, "hello.py")), "requested_by": user}
         error = refusal(device, "Prepare", json.dumps(request))
         assert error.reason == "OET_INVALID_REQUEST" and "requested_by" in error.desc
+
+
+class TestLogFolder:
+    @pytest.mark.parametrize(
+        "target", ["file::/tmp/oet-evil.log", "file::../escape.log", "file::a/../../x.log"]
+    )
+    def test_file_targets_outside_the_log_folder_are_refused(self, device, target):
+        with pytest.raises(tango.DevFailed) as info:
+            device.loggingTargets = [target]
+        assert info.value.args[0].reason == "OET_INVALID_REQUEST"
+        assert "outside the log folder" in info.value.args[0].desc
+        assert not Path("/tmp/oet-evil.log").exists()
+
+    def test_file_target_inside_the_log_folder_is_written(self, device):
+        try:
+            device.loggingTargets = ["file::trust-test.log"]
+            (target,) = device.loggingTargets
+            assert target == f"file::{LOG_FOLDER['path'].resolve() / 'trust-test.log'}"
+            assert Path(target.removeprefix("file::")).is_file()
+        finally:
+            device.loggingTargets = []
+
+
+def test_confine_log_file_resolves_links_and_dots(tmp_path):
+    from ska_oso_oet.tango.logs import LoggingTargetError, confine_log_file
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "link").symlink_to(tmp_path)
+    assert confine_log_file("a/b.log", tmp_path / "logs") == str(tmp_path / "logs" / "a" / "b.log")
+    for name in ("link/x.log", "../x.log", str(tmp_path / "x.log"), "."):
+        with pytest.raises(LoggingTargetError):
+            confine_log_file(name, tmp_path / "logs")
