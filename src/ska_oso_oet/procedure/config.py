@@ -56,6 +56,11 @@ class OetConfig:
     )
     #: Seconds a clone/fetch/checkout may take.
     git_timeout: float = 120.0
+    #: Git checkouts (one tree per commit) kept; least recently used evicted first, never one
+    #: a procedure runs from. None: no limit.
+    git_max_checkouts: int | None = 50
+    #: Disk the git checkouts may use, in bytes (None: no limit).
+    git_max_bytes: int | None = None
     #: Seconds building a script's virtualenv may take.
     env_build_timeout: float = 600.0
     #: Cached virtualenvs kept (least recently used evicted first; never one in use).
@@ -159,7 +164,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = value.replace(",", " ").split()
         return tuple(str(v).strip() for v in value if str(v).strip())
-    if name in ("env_max_count", "env_max_bytes"):
+    if name in ("env_max_count", "env_max_bytes", "git_max_checkouts", "git_max_bytes"):
         return int(value) if value not in (None, "", 0, "0") else None
     if name in ("git_timeout", "env_build_timeout"):
         return float(value)

@@ -36,6 +36,7 @@ raises :class:`GitCancelled`. Nothing half-written stays behind (trees appear by
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import ipaddress
@@ -47,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -64,6 +65,8 @@ DEFAULT_ALLOWED_REPOSITORIES: tuple[str, ...] = (
     "https://github.com/ska-telescope/*",
 )
 DEFAULT_GIT_TIMEOUT = 120.0
+#: Checkouts (one tree per commit) kept; least recently used evicted first, never one in use.
+DEFAULT_MAX_CHECKOUTS = 50
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
@@ -279,6 +282,14 @@ class Checkout:
     script: Path | None = None
     #: True when the tree came from the cache without fetching or writing anything.
     reused: bool = False
+    #: Shared lease keeping the tree from eviction (``checkout(hold=True)``); see
+    #: :meth:`release`.
+    lease: FileLock | None = field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Let the tree be evicted again (the procedure using it has ended)."""
+        if self.lease is not None:
+            self.lease.release()
 
 
 class GitCache:
@@ -298,9 +309,13 @@ class GitCache:
         allowed_repos: Iterable[str] = DEFAULT_ALLOWED_REPOSITORIES,
         timeout: float = DEFAULT_GIT_TIMEOUT,
         shallow: bool = True,
+        max_checkouts: int | None = DEFAULT_MAX_CHECKOUTS,
+        max_bytes: int | None = None,
     ):
         if timeout <= 0:
             raise ValueError("git timeout must be positive")
+        self.max_checkouts = max_checkouts
+        self.max_bytes = max_bytes
         self.cache_dir = Path(cache_dir)
         self.allowed_repos = tuple(_normalise_pattern(p) for p in allowed_repos if p.strip())
         self.timeout = timeout
@@ -333,13 +348,15 @@ class GitCache:
         git_args: GitArgs,
         script: str | None = None,
         cancel: threading.Event | None = None,
+        hold: bool = False,
     ) -> Checkout:
         """Make the tree of ``git_args`` available and return where it is.
 
         ``git_commit`` (full or at least 7 hex digits) wins over ``git_branch``; with neither,
         the repository's default branch is used. When ``script`` (a path relative to the
         repository root) is given it must be a file in that commit. Setting ``cancel`` ends
-        the work at once with :class:`GitCancelled`.
+        the work at once with :class:`GitCancelled`. With ``hold`` the tree is leased: it is
+        never evicted until :meth:`Checkout.release` (call it when the procedure ends).
 
         :raises RepositoryNotAllowed, RepositoryUnreachable, UnknownRevision, ScriptNotFound,
             GitTimeout, GitCancelled: each with a message fit for the procedure's FAILED reason
@@ -361,8 +378,12 @@ class GitCache:
         if _FULL_SHA.match(commit):
             final = repo_dir / "checkouts" / commit
             if final.is_dir():
-                LOGGER.debug("git cache hit for %s at %s", url, commit)
-                return self._result(url, commit, final, branch, script, reused=True)
+                # Leased first, then looked at again: an evictor may have taken it meanwhile.
+                lease = self._lease(repo_dir, commit, deadline)
+                if final.is_dir():
+                    LOGGER.debug("git cache hit for %s at %s", url, commit)
+                    return self._result(url, commit, final, branch, script, True, lease, hold)
+                lease.release()
         lock = FileLock(repo_dir / "lock")
         (repo_dir).mkdir(parents=True, exist_ok=True)
         outcome = wait_for_lock(lock, deadline.at, cancel)
@@ -372,20 +393,93 @@ class GitCache:
             raise GitTimeout(
                 f"timed out after {self.timeout:g} s waiting for another preparation of {url}"
             )
+        lease = None
         try:
             store = self._ensure_store(repo_dir, deadline)
             full = self._ensure_commit(store, url, commit, branch, deadline)
             final = repo_dir / "checkouts" / full
+            lease = self._lease(repo_dir, full, deadline)  # before writing: never evicted new
             reused = final.is_dir()
             if not reused:
                 self._materialise(store, repo_dir, full, final, deadline)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         finally:
             lock.release()
-        return self._result(url, full, final, branch, script, reused=reused)
+        if not reused:
+            self.evict()
+        return self._result(url, full, final, branch, script, reused, lease, hold)
 
-    def checkout_script(self, script: GitScript, cancel: threading.Event | None = None) -> Checkout:
+    def checkout_script(
+        self, script: GitScript, cancel: threading.Event | None = None, hold: bool = False
+    ) -> Checkout:
         """:meth:`checkout` for a ``git://`` script specification."""
-        return self.checkout(script.git_args, script.path, cancel)
+        return self.checkout(script.git_args, script.path, cancel, hold)
+
+    def evict(self) -> list[Path]:
+        """Delete least recently used checkouts until at most ``max_checkouts`` trees and
+        ``max_bytes`` of them remain; a leased tree (in use by a procedure of any process)
+        is never deleted. Returns the trees deleted. One process evicts at a time; the others
+        skip it (the next checkout evicts again)."""
+        if self.max_checkouts is None and self.max_bytes is None:
+            return []
+        guard = FileLock(self.cache_dir / "evict.lock")
+        if not guard.acquire(timeout=0):
+            return []
+        try:
+            return self._evict_unlocked()
+        finally:
+            guard.release()
+
+    def _evict_unlocked(self) -> list[Path]:
+        trees = []  # (last use, tree, lease file)
+        for repo_dir in self.cache_dir.iterdir() if self.cache_dir.is_dir() else ():
+            checkouts = repo_dir / "checkouts"
+            for tree in checkouts.iterdir() if checkouts.is_dir() else ():
+                lease = repo_dir / "leases" / tree.name
+                try:
+                    used = (lease if lease.exists() else tree).stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                trees.append((used, tree, lease))
+        trees.sort(key=lambda t: t[0])
+        count = len(trees)
+        sizes = {tree: _tree_bytes(tree) for _, tree, _ in trees} if self.max_bytes else {}
+        total = sum(sizes.values())
+        removed: list[Path] = []
+        for _, tree, lease_path in trees:
+            over_count = self.max_checkouts is not None and count > self.max_checkouts
+            over_bytes = self.max_bytes is not None and total > self.max_bytes
+            if not (over_count or over_bytes):
+                break
+            lock = FileLock(lease_path)
+            if not lock.acquire(timeout=0):
+                continue  # leased: in use
+            try:
+                trash = tree.parent.parent / "tmp" / f"evicted-{tree.name}-{os.getpid()}"
+                trash.parent.mkdir(exist_ok=True)
+                os.rename(tree, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                lock.unlink()
+            except FileNotFoundError:
+                continue
+            finally:
+                lock.release()
+            count -= 1
+            total -= sizes.get(tree, 0)
+            removed.append(tree)
+            LOGGER.info("evicted git checkout %s (least recently used)", tree)
+        return removed
+
+    def _lease(self, repo_dir: Path, commit: str, deadline: _Deadline) -> FileLock:
+        """A shared lease on the checkout of ``commit``, its use time updated (for LRU)."""
+        lease = FileLock(repo_dir / "leases" / commit, shared=True)
+        if not lease.acquire(timeout=max(deadline.at - time.monotonic(), 0.0)):
+            raise GitTimeout(f"timed out after {self.timeout:g} s waiting for an eviction")
+        os.utime(lease.path)
+        return lease
 
     def resolve(self, git_args: GitArgs) -> str:
         """The full SHA a branch (or the default branch) points at now; no download.
@@ -578,9 +672,28 @@ class GitCache:
         branch: str | None,
         script: str | None,
         reused: bool,
+        lease: FileLock | None = None,
+        hold: bool = False,
     ) -> Checkout:
-        script_file = None if script is None else find_script(root, script, url, commit)
-        return Checkout(url, commit, root, branch, script_file, reused)
+        try:
+            script_file = None if script is None else find_script(root, script, url, commit)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if lease is not None and not hold:
+            lease.release()
+            lease = None
+        return Checkout(url, commit, root, branch, script_file, reused, lease)
+
+
+def _tree_bytes(tree: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(tree):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
 
 
 def find_script(root: Path, script: str, url: str = "", commit: str = "") -> Path:

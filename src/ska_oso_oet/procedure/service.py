@@ -49,7 +49,7 @@ from .errors import (
     ProcedureNotFound,
     StateConflict,
 )
-from .git import GitCache
+from .git import Checkout, GitCache
 from .launcher import WorkerConnection, WorkerLauncher
 from .store import ProcedureStore
 
@@ -82,6 +82,8 @@ class _Run:
     #: up at once: it is handed to GitCache.checkout and EnvironmentCache.acquire.
     cancel: threading.Event = field(default_factory=threading.Event)
     lease: EnvironmentLease | None = None
+    #: The git checkout the procedure runs from, leased (never evicted) until it ends.
+    checkout: Checkout | None = None
     has_main: bool = False
     #: Grace period of the stop asked for (None: the configured one).
     stop_grace: float | None = None
@@ -397,6 +399,8 @@ class ScriptExecutionService:
         finally:
             if run.lease is not None:
                 run.lease.release()
+            if run.checkout is not None:
+                run.checkout.release()
             if worker is not None:
                 # Nothing of a finished procedure may outlive it, grandchildren included.
                 if worker.group_alive():
@@ -621,7 +625,7 @@ class ScriptExecutionService:
             self._publish(topics.SCRIPT_ENV, run.id, **payload)
 
         started = time.monotonic()
-        checkout = self._git.checkout_script(script, run.cancel)
+        checkout = run.checkout = self._git.checkout_script(script, run.cancel, hold=True)
         how = "cached" if checkout.reused else "checked out"
         progress(
             Progress(
@@ -657,7 +661,13 @@ class ScriptExecutionService:
     @functools.cached_property
     def _git(self) -> GitCache:
         config = self.config
-        return GitCache(config.git_cache_dir, config.allowed_repositories, config.git_timeout)
+        return GitCache(
+            config.git_cache_dir,
+            config.allowed_repositories,
+            config.git_timeout,
+            max_checkouts=config.git_max_checkouts,
+            max_bytes=config.git_max_bytes,
+        )
 
     @functools.cached_property
     def _environments(self) -> EnvironmentCache:

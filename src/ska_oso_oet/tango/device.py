@@ -94,6 +94,8 @@ PROPERTY_SETTINGS = {
     "EnvBuildTimeout": "env_build_timeout",
     "EnvMaxCount": "env_max_count",
     "EnvMaxBytes": "env_max_bytes",
+    "GitMaxCheckouts": "git_max_checkouts",
+    "GitMaxBytes": "git_max_bytes",
     "PipOptions": "pip_options",
     "DefaultGitRepo": "default_git_repo",
     "DefaultGitBranch": "default_git_branch",
@@ -199,6 +201,14 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     )
     EnvMaxBytes = device_property(
         dtype="DevLong64", doc="Disk the cached virtualenvs may use, in bytes (0: no limit)."
+    )
+    GitMaxCheckouts = device_property(
+        dtype="uint32",
+        doc="Git checkouts (one tree per commit) kept, least recently used evicted, never one "
+        "in use (0: no limit).",
+    )
+    GitMaxBytes = device_property(
+        dtype="DevLong64", doc="Disk the git checkouts may use, in bytes (0: no limit)."
     )
     PipOptions = device_property(
         dtype="DevVarStringArray",

@@ -533,3 +533,74 @@ class TestFileLock:
             [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60
         )
         assert result.stdout.strip() == "True", result.stderr
+
+
+class TestCheckoutEviction:
+    """Checkouts are evicted like environments: least recently used first, never one in use,
+    bounded in count and disk (issue 13)."""
+
+    def _commits(self, repo: LocalRepo, n: int) -> list[str]:
+        return [repo.commit({"scripts/version.txt": f"e{i}\n"}, f"e{i}") for i in range(n)]
+
+    def _trees(self, cache: GitCache) -> set[str]:
+        return {p.name for p in cache.cache_dir.glob("*/checkouts/*") if p.is_dir()}
+
+    def test_least_recently_used_trees_go_beyond_the_count(self, tmp_path, repo):
+        cache = GitCache(tmp_path / "c", allowed_repos=[repo.url], timeout=30, max_checkouts=2)
+        first, second, third = self._commits(repo, 3)
+        cache.checkout(GitArgs(repo.url, git_commit=first))
+        cache.checkout(GitArgs(repo.url, git_commit=second))
+        cache.checkout(GitArgs(repo.url, git_commit=first))  # used again: now the newest
+        cache.checkout(GitArgs(repo.url, git_commit=third))
+        assert self._trees(cache) == {first, third}
+
+    def test_a_held_checkout_is_never_evicted(self, tmp_path, repo):
+        cache = GitCache(tmp_path / "c", allowed_repos=[repo.url], timeout=30, max_checkouts=1)
+        first, second, third = self._commits(repo, 3)
+        held = cache.checkout(GitArgs(repo.url, git_commit=first), "scripts/hello.py", hold=True)
+        cache.checkout(GitArgs(repo.url, git_commit=second))
+        cache.checkout(GitArgs(repo.url, git_commit=third))
+        assert first in self._trees(cache) and held.script.is_file()
+        held.release()
+        cache.evict()
+        assert self._trees(cache) == {third}
+
+    def test_a_checkout_held_by_another_process_is_never_evicted(self, tmp_path, repo):
+        cache = GitCache(tmp_path / "c", allowed_repos=[repo.url], timeout=30, max_checkouts=1)
+        first, second = self._commits(repo, 2)
+        cache.checkout(GitArgs(repo.url, git_commit=first))
+        (lease,) = cache.cache_dir.glob(f"*/leases/{first}")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl,sys,os; fd=os.open(sys.argv[1], os.O_RDWR); "
+             "fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); sys.stdin.read()",
+             str(lease)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            cache.checkout(GitArgs(repo.url, git_commit=second))
+            assert self._trees(cache) == {first, second}
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        cache.evict()
+        assert self._trees(cache) == {second}
+
+    def test_disk_bound(self, tmp_path, repo):
+        big = repo.commit({"big.bin": b"x" * 200_000}, "big")
+        small = repo.commit({"big.bin": None}, "small")
+        cache = GitCache(
+            tmp_path / "c", allowed_repos=[repo.url], timeout=30, max_checkouts=None,
+            max_bytes=100_000,
+        )  # fmt: skip
+        cache.checkout(GitArgs(repo.url, git_commit=big))
+        cache.checkout(GitArgs(repo.url, git_commit=small))
+        assert self._trees(cache) == {small}
+
+    def test_an_evicted_commit_is_checked_out_again(self, tmp_path, repo):
+        cache = GitCache(tmp_path / "c", allowed_repos=[repo.url], timeout=30, max_checkouts=1)
+        first, second = self._commits(repo, 2)
+        cache.checkout(GitArgs(repo.url, git_commit=first))
+        cache.checkout(GitArgs(repo.url, git_commit=second))
+        again = cache.checkout(GitArgs(repo.url, git_commit=first), "scripts/hello.py")
+        assert not again.reused and _version(again) == "e0"
