@@ -182,7 +182,10 @@ def test_bad_requests_are_refused_and_nothing_is_created(service, activities):
         ({"sbd_id": "../etc", "activities": {}}, "sbd_id is required"),
         ({"sbd_id": "s1"}, "needs 'activities'"),
         ({"sbd_id": "s1", "activities": {"a": {"kind": "tape", "path": "x"}}}, "kind must be"),
-        ({"sbd_id": "s1", "activities": {"a": {"kind": "git", "path": "git://a.py"}}}, "git_repo"),
+        (
+            {"sbd_id": "s1", "activities": {"a": {"kind": "git", "path": "git://a.py", "repo": 5}}},
+            "git_repo must be a string",
+        ),
         (
             {
                 "sbd_id": "s1",
