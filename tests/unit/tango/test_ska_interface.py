@@ -36,6 +36,17 @@ def prepared(device: tango.DeviceProxy, script_dir: Path, name: str, protocol: i
     return summary(outcome)["id"]
 
 
+def finished(tracer: EventTracer, pid: int) -> None:
+    """Wait until procedure ``pid`` has ended (``tracer`` follows ``procedures``)."""
+    tracer.wait_for(
+        lambda v: any(
+            p["id"] == pid and p["state"] in ("COMPLETE", "FAILED", "STOPPED")
+            for p in json.loads(v)
+        ),
+        "procedures",
+    )
+
+
 def test_the_ska_base_interface_is_declared() -> None:
     commands = {"On", "Off", "Standby", "Reset", "Abort", "AbortCommands", "DebugDevice"}
     commands |= {"GetVersionInfo", "CheckLongRunningCommandStatus"}
@@ -84,16 +95,17 @@ class TestEveryCommandThroughAnLrcClient:
     ) -> None:
         for command, argument in [("Stop", "{}"), ("Abort", None), ("AbortCommands", None)]:
             pid = prepared(device, script_dir, "forever.py", protocol)
-            with EventTracer(device, "scriptMessage") as tracer:
-                start = LrcClient(device, protocol)
-                device.Start(json.dumps({"procedure_id": pid}))
+            with EventTracer(device, ["scriptMessage", "procedures"]) as tracer:
+                (code,), _ = device.Start(json.dumps({"procedure_id": pid}))
+                assert code == ResultCode.STARTED
                 tracer.wait_for(lambda v: v == "running", "scriptMessage")
-                outcome = start.invoke(command, argument)
-            assert outcome.statuses[-1] == TaskStatus.COMPLETED, (command, outcome)
-            listed = json.loads(outcome.result[1])
-            assert listed[0]["id"] == pid and listed[0]["state"] == "STOPPED"
-            if command != "Stop":  # Abort runs the abort script after the stop
-                assert listed[1]["script"]["script_uri"].endswith("abort.py")
+                outcome = LrcClient(device, protocol).invoke(command, argument)
+                assert outcome.statuses[-1] == TaskStatus.COMPLETED, (command, outcome)
+                listed = json.loads(outcome.result[1])
+                assert listed[0]["id"] == pid and listed[0]["state"] == "STOPPED"
+                if command != "Stop":  # Abort runs the abort script after the stop
+                    assert listed[1]["script"]["script_uri"].endswith("abort.py")
+                    finished(tracer, listed[1]["id"])  # before the next script can start
 
     def test_abort_with_nothing_running_runs_the_abort_script(
         self, device: tango.DeviceProxy, protocol: int
@@ -128,7 +140,9 @@ class TestPowerStates:
         running = prepared(device, script_dir, "forever.py")
         try:
             with EventTracer(device, ["State", "scriptMessage"]) as tracer:
-                device.Start(json.dumps({"procedure_id": running}))
+                assert (
+                    device.Start(json.dumps({"procedure_id": running}))[0][0] == ResultCode.STARTED
+                )
                 tracer.wait_for(lambda v: v == "running", "scriptMessage")
                 off = LrcClient(device).invoke("Off")
                 tracer.wait_for(lambda v: v == tango.DevState.OFF, "State")
@@ -154,7 +168,9 @@ class TestPowerStates:
         running = prepared(device, script_dir, "forever.py")
         try:
             with EventTracer(device, ["State", "scriptMessage"]) as tracer:
-                device.Start(json.dumps({"procedure_id": running}))
+                assert (
+                    device.Start(json.dumps({"procedure_id": running}))[0][0] == ResultCode.STARTED
+                )
                 tracer.wait_for(lambda v: v == "running", "scriptMessage")
                 LrcClient(device).invoke("Standby")
                 tracer.wait_for(lambda v: v == tango.DevState.STANDBY, "State")
