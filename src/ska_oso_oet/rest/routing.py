@@ -174,22 +174,29 @@ class RoutedClient(DeviceClient):
         return merged
 
     # -- procedures ----------------------------------------------------------------------------
-    async def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def prepare(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
         init = (request.get("script_args") or {}).get("init") or {}
         device = self._device_for_subarray((init.get("kwargs") or {}).get("subarray_id"), "create")
-        summary = await self.devices[device].prepare(request)
+        summary = await self.devices[device].prepare(request, requested_by)
         self._remember("procedure", summary.get("id"), device)
         return summary
 
     async def start_procedure(
-        self, procedure_id: int, script_args: dict[str, Any] | None
+        self,
+        procedure_id: int,
+        script_args: dict[str, Any] | None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
         device = await self._owner("procedure", procedure_id)
-        return await self.devices[device].start_procedure(procedure_id, script_args)
+        return await self.devices[device].start_procedure(procedure_id, script_args, requested_by)
 
-    async def stop_procedure(self, procedure_id: int, run_abort: bool) -> None:
+    async def stop_procedure(
+        self, procedure_id: int, run_abort: bool, requested_by: str | None = None
+    ) -> None:
         device = await self._owner("procedure", procedure_id)
-        await self.devices[device].stop_procedure(procedure_id, run_abort)
+        await self.devices[device].stop_procedure(procedure_id, run_abort, requested_by)
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         _, summary = await self._find(
@@ -213,12 +220,14 @@ class RoutedClient(DeviceClient):
         return name
 
     # -- activities and SBDs -------------------------------------------------------------------
-    async def run_activity(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def run_activity(
+        self, request: dict[str, Any], requested_by: str | None = None
+    ) -> dict[str, Any]:
         init = (request.get("script_args") or {}).get("init") or {}
         device = self._device_for_subarray(
             (init.get("kwargs") or {}).get("subarray_id"), "activity"
         )
-        summary = await self.devices[device].run_activity(request)
+        summary = await self.devices[device].run_activity(request, requested_by)
         self._remember("activity", summary.get("id"), device)
         self._remember("procedure", summary.get("procedure_id"), device)
         return summary
