@@ -78,8 +78,14 @@ def script_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def log_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The device's LogFolder: where its file:: logging targets may write."""
+    return tmp_path_factory.mktemp("device-logs").resolve()
+
+
+@pytest.fixture(scope="module")
 def server(
-    script_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    script_dir: Path, tmp_path_factory: pytest.TempPathFactory, log_folder: Path
 ) -> Iterator[DeviceServerProcess]:
     properties = {
         "ScriptRoots": [str(script_dir)],
@@ -87,6 +93,7 @@ def server(
         "StateDatabase": str(tmp_path_factory.mktemp("state") / "oet.sqlite"),
         "StopGraceSeconds": 1.0,
         "WarmWorkers": 1,
+        "LogFolder": str(log_folder),
     }
     env = {"OET_WARM_WORKERS": "1"}
     with DeviceServerProcess(

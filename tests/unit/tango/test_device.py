@@ -321,8 +321,8 @@ class TestRefusals:
         )
         device.adminMode = 0
 
-    def test_logging_targets(self, device: tango.DeviceProxy, tmp_path: Path) -> None:
-        log_file = tmp_path / "oet.log"
+    def test_logging_targets(self, device: tango.DeviceProxy, log_folder: Path) -> None:
+        log_file = log_folder / "oet.log"  # file:: targets must be inside LogFolder
         device.loggingTargets = ["tango::logger", f"file::{log_file}"]
         assert sorted(device.loggingTargets) == sorted(["tango::logger", f"file::{log_file}"])
         device.loggingLevel = 5  # DEBUG
