@@ -101,20 +101,24 @@ class EventThread:
         return self._queue.qsize()
 
     def wait_for_room(self, limit: int, timeout: float) -> bool:
-        """Block until fewer than ``limit`` tasks wait (at most ``timeout`` s); True if so.
+        """With ``limit`` tasks or more waiting, block until the queue has drained to half of
+        it (at most ``timeout`` s); True if there is room.
 
-        Never waits on the event thread itself (it is the one that makes room)."""
+        Draining to half, not to just below the limit, lets a blocked producer go on with a
+        burst instead of trading places with this thread at every task. Never waits on the
+        event thread itself (it is the one that makes room)."""
         if (
             threading.current_thread() is self._thread
             or not self._thread.is_alive()
             or self._queue.qsize() < limit
         ):
             return True
+        low = max(1, limit // 2)
         with self._room:
             self._waiting += 1
-            self._room_below = limit
+            self._room_below = low
             try:
-                return self._room.wait_for(lambda: self._queue.qsize() < limit, timeout)
+                return self._room.wait_for(lambda: self._queue.qsize() < low, timeout)
             finally:
                 self._waiting -= 1
 
