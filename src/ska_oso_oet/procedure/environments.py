@@ -37,6 +37,7 @@ build and skips any environment whose lease file is locked, i.e. in use by any p
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -82,6 +83,8 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_BUILD_TIMEOUT = 600.0
 #: Installers: "auto" (uv when available, else pip), "uv" or "pip".
 INSTALLERS = ("auto", "uv", "pip")
+#: Dependency specifications of immutable checkouts remembered (least recently used dropped).
+_SPEC_CACHE_SIZE = 256
 #: Name of the file that makes the OET's packages visible inside an environment.
 INHERIT_PTH = "_oet_inherit.pth"
 
@@ -249,6 +252,8 @@ class EnvironmentCache:
         #: The uv binary used for builds, or None for virtualenv + pip.
         self.uv = uv
         self._identity: tuple[str, str, tuple[str, ...]] | None = None
+        self._specs: collections.OrderedDict[str, DependencySpec] = collections.OrderedDict()
+        self._specs_lock = threading.Lock()
 
     @property
     def installer(self) -> str:
@@ -324,10 +329,28 @@ class EnvironmentCache:
             LOGGER.exception("environment eviction failed")
         return lease
 
-    def spec_for_checkout(self, root: Path) -> DependencySpec:
+    def spec_for_checkout(self, root: Path, immutable: bool = False) -> DependencySpec:
         """The dependency specification of the checkout at ``root`` (configured groups and
-        extras applied)."""
-        return read_dependency_spec(root, self.groups, self.extras)
+        extras applied).
+
+        With ``immutable`` (a :class:`~.git.GitCache` checkout: one folder per commit, never
+        changed) the result is remembered, so that preparing a known commit again does not
+        parse its declaration again (a Poetry project takes tens of milliseconds).
+        """
+        if not immutable:
+            return read_dependency_spec(root, self.groups, self.extras)
+        key = str(Path(root).resolve())
+        with self._specs_lock:
+            spec = self._specs.get(key)
+            if spec is not None:
+                self._specs.move_to_end(key)
+                return spec
+        spec = read_dependency_spec(root, self.groups, self.extras)  # errors are not cached
+        with self._specs_lock:
+            self._specs[key] = spec
+            while len(self._specs) > _SPEC_CACHE_SIZE:
+                self._specs.popitem(last=False)
+        return spec
 
     def acquire_for_checkout(
         self,

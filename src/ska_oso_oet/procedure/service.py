@@ -642,7 +642,7 @@ class ScriptExecutionService:
             if script.create_env:
                 self._transition(run, State.PREP_ENV)
         try:
-            spec = self._environments.spec_for_checkout(checkout.path)
+            spec = self._environments.spec_for_checkout(checkout.path, immutable=True)
         except DependencySpecError:
             if script.create_env:
                 raise

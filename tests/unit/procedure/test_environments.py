@@ -203,6 +203,16 @@ class TestDependencySpecs:
         with pytest.raises(DependencySpecError, match="does not exist"):
             read_dependency_spec(tmp_path)
 
+    def test_specs_of_immutable_checkouts_are_remembered(self, tmp_path):
+        cache = EnvironmentCache(tmp_path / "envs")
+        checkout = tmp_path / "checkout"
+        checkout.mkdir()
+        (checkout / "requirements.txt").write_text("oettiny==1.0\n")
+        first = cache.spec_for_checkout(checkout, immutable=True)
+        (checkout / "requirements.txt").write_text("oettiny==2.0\n")
+        assert cache.spec_for_checkout(checkout, immutable=True) is first
+        assert cache.spec_for_checkout(checkout).requirements == ("oettiny==2.0",)
+
     def test_nothing_declared_gives_an_empty_spec(self, tmp_path):
         spec = read_dependency_spec(tmp_path)
         assert spec.is_empty and spec.kind == "none" and spec.local_paths == (tmp_path,)
