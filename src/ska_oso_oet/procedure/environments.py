@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -110,6 +111,56 @@ OutputCallback = Callable[[str], None]
 def lines_only(callback: OutputCallback) -> ProgressCallback:
     """A progress callback that passes on just the text of each report."""
     return lambda progress: callback(progress.line)
+
+
+#: pip install options uv pip install takes as they are; True: the option has a value.
+_UV_SAME_OPTIONS = {
+    "--no-index": False, "-i": True, "--index-url": True, "--extra-index-url": True,
+    "-f": True, "--find-links": True, "--no-binary": True, "--only-binary": True,
+    "--no-deps": False, "--require-hashes": False, "-c": True, "--constraint": True,
+    "-U": False, "--upgrade": False, "--no-build-isolation": False, "-q": False,
+    "--quiet": False, "-v": False, "--verbose": False, "--cert": True,
+    "-C": True, "--config-settings": True, "--index-strategy": True,
+}  # fmt: skip
+
+
+def uv_options(pip_options: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``pip install`` options as ``uv pip install`` options and environment variables.
+
+    :raises ValueError: naming an option uv has no equivalent for (the cache then builds
+        with pip, unless uv was asked for explicitly)
+    """
+    args: list[str] = []
+    env: dict[str, str] = {}
+    items = list(pip_options)
+    while items:
+        item = items.pop(0)
+        name, has_value, value = item.partition("=")
+        take = functools.partial(_option_value, items, name, value if has_value else None)
+        if name in _UV_SAME_OPTIONS:
+            args.extend([name, take()] if _UV_SAME_OPTIONS[name] else [name])
+        elif name == "--pre":
+            args.extend(["--prerelease", "allow"])
+        elif name == "--trusted-host":
+            args.extend(["--allow-insecure-host", take()])
+        elif name == "--timeout":
+            env["UV_HTTP_TIMEOUT"] = take()
+        elif name == "--retries":
+            env["UV_HTTP_RETRIES"] = take()
+        elif name in ("--progress-bar", "--disable-pip-version-check", "--no-input"):
+            if name == "--progress-bar":
+                take()
+        else:
+            raise ValueError(f"uv has no equivalent of the pip option {item!r}")
+    return tuple(args), env
+
+
+def _option_value(items: list[str], name: str, inline: str | None) -> str:
+    if inline is not None:
+        return inline
+    if not items:
+        raise ValueError(f"pip option {name} needs a value")
+    return items.pop(0)
 
 
 def find_uv() -> str | None:
@@ -249,6 +300,15 @@ class EnvironmentCache:
         uv = find_uv() if installer in ("auto", "uv") else None
         if installer == "uv" and uv is None:
             raise ValueError("installer 'uv' was asked for but no uv binary is available")
+        self._uv_options: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        if uv is not None:
+            try:
+                self._uv_options = uv_options(self.pip_options)
+            except ValueError as exc:
+                if installer == "uv":
+                    raise
+                LOGGER.info("building environments with pip: %s", exc)
+                uv = None
         #: The uv binary used for builds, or None for virtualenv + pip.
         self.uv = uv
         self._identity: tuple[str, str, tuple[str, ...]] | None = None
@@ -486,12 +546,12 @@ class EnvironmentCache:
                 requirements.write_text("\n".join([*spec.options, *spec.requirements]) + "\n")
                 python = str(build / "bin" / "python")
                 if self.uv:
-                    install = [self.uv, "pip", "install", "--python", python]
+                    options, env = self._uv_options
+                    run.env.update(env)
+                    install = [self.uv, "pip", "install", "--python", python, *options]
                 else:
-                    install = [python, "-m", "pip", "install"]
-                run.step(
-                    "install", [*install, *self.pip_options, "-r", str(requirements)], spec.base_dir
-                )
+                    install = [python, "-m", "pip", "install", *self.pip_options]
+                run.step("install", [*install, "-r", str(requirements)], spec.base_dir)
             if self.inherit:
                 self._inherit(build)
             seconds = time.monotonic() - started

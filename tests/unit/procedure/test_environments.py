@@ -33,6 +33,7 @@ from ska_oso_oet.procedure.environments import (
     EnvironmentFailure,
     EnvironmentTimeout,
     lines_only,
+    uv_options,
 )
 from ska_oso_oet.procedure.errors import OetError
 from ska_oso_oet.procedure.filelock import FileLock
@@ -266,6 +267,18 @@ class TestKeys:
         assert key == cache.key_for(requirements_spec("  oettiny==1.0 "))
         assert key != cache.key_for(requirements_spec("oettiny==2.0"))
         assert key != EnvironmentCache(tmp_path).key_for(requirements_spec("oettiny==1.0"))
+
+    def test_pip_options_are_translated_for_uv(self, tmp_path):
+        assert uv_options(["--no-index", "-f", "/w", "--timeout=300", "--pre"]) == (
+            ("--no-index", "-f", "/w", "--prerelease", "allow"),
+            {"UV_HTTP_TIMEOUT": "300"},
+        )
+        with pytest.raises(ValueError, match="'--use-feature=x'"):
+            uv_options(["--use-feature=x"])
+        # Without a uv equivalent: pip builds, unless uv was asked for.
+        assert EnvironmentCache(tmp_path, pip_options=("--use-feature=x",)).installer == "pip"
+        with pytest.raises(ValueError, match="no equivalent"):
+            EnvironmentCache(tmp_path, pip_options=("--use-feature=x",), installer="uv")
 
     def test_configuration_is_checked(self, tmp_path):
         with pytest.raises(ValueError, match="not found"):
