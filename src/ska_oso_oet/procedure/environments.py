@@ -685,15 +685,18 @@ class _Run:
     def step(self, what: str, argv: list[str], cwd: Path | None) -> None:
         """Run one step; its process group is killed on timeout or cancel."""
         _emit(self.on_progress, Progress(what, "$ " + " ".join(argv)))
-        done = run_command(
-            argv,
-            deadline=self.deadline,
-            cancel=self.cancel,
-            cwd=cwd,
-            env=self.env,
-            on_line=lambda line: _emit(self.on_progress, Progress(what, line)),
-        )
         where = f"building environment {self.key}"
+        try:
+            done = run_command(
+                argv,
+                deadline=self.deadline,
+                cancel=self.cancel,
+                cwd=cwd,
+                env=self.env,
+                on_line=lambda line: _emit(self.on_progress, Progress(what, line)),
+            )
+        except OSError as exc:  # the installer's binary is missing or not executable
+            raise EnvironmentBuildFailed(f"{what} could not start {where}: {exc}") from None
         if done.stopped == "cancelled":
             raise EnvironmentCancelled(f"{what} cancelled while {where}")
         if done.stopped:
