@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .. import __version__
+from . import v7
 from .auth import Authenticator
 from .client import DeviceClient, TangoDeviceClient
 from .errors import install_error_handlers
@@ -67,6 +68,8 @@ def create_app(
         # The default URL is one OET: every device behind one routing client.
         merged = EventHub(settings.replay_size, settings.client_queue_size)
         app.state.client = RoutedClient(device_clients, merged, settings.id_stride)
+        if v7_app is not None:  # the same routing client: one implementation, two framings
+            v7_app.state.client = app.state.client
         monitor.attach(device_clients)
         started: list[DeviceClient] = []
         try:
@@ -80,6 +83,9 @@ def create_app(
             monitor.close()
 
     app = _api(settings, lifespan, authenticator)
+    v7_app = v7.create_v7_app(settings, authenticator) if settings.v7_path else None
+    if v7_app is not None:
+        app.mount(settings.v7_path, v7_app)
     for device in settings.devices:
         device_settings = settings.model_copy(update={"device": device, "devices": []})
         api = _api(device_settings, None, authenticator, title=f"OET REST API of {device}")

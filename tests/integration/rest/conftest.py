@@ -373,6 +373,7 @@ class Telescope(Stack):
                         "StopGraceSeconds": ["2"],
                         "WarmWorkers": ["1"],
                         "AbortScript": [f"file://{self.scripts / 'abort.py'}"],
+                        "SBStore": [str(self.tmp / "sbds")],
                     },
                 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from .conftest import EventStream, Telescope, is_event
@@ -71,3 +72,85 @@ def test_ids_stay_unique_and_stable_across_a_device_server_restart(telescope):
         on_two = create(http, telescope, "hello.py", subarray_id=2)["id"]
         ids = [p["id"] for p in http.get("/procedures").json()["procedures"]]
         assert len(ids) == len(set(ids)) and {before, after, on_two} <= set(ids)
+
+
+def test_v7_and_v1_side_by_side(telescope):
+    v1_url = telescope.url
+    v7_url = v1_url.replace("/api/v1.0", "/ska-oso-oet/oet/api/v7")
+    with (
+        httpx.Client(base_url=v7_url, timeout=30) as v7,
+        telescope.http() as v1,
+        EventStream(v7_url) as events,
+    ):
+        body = {
+            "script": {
+                "script_type": "filesystem",
+                "script_uri": telescope.script_uri("forever.py"),
+            },
+            "script_args": {"init": {"args": [], "kwargs": {"subarray_id": 2}}},
+        }
+        created = v7.post("/procedures/", json=body)
+        assert created.status_code == 201, created.text
+        procedure = created.json()  # not wrapped
+        pid = procedure["id"]
+        assert pid % 100 == 2 and procedure["uri"] == f"{v7_url}/procedures/{pid}"
+        assert (
+            v1.get(f"/procedures/{pid}").json()["procedure"]["uri"] == f"{v1_url}/procedures/{pid}"
+        )
+
+        redirect = v7.get("/procedures", follow_redirects=False)
+        assert redirect.status_code == 307 and redirect.headers["location"].endswith("/procedures/")
+        listed = v7.get("/procedures/").json()
+        assert pid in [p["id"] for p in listed]
+        assert {p["id"] for p in listed} == {
+            p["id"] for p in v1.get("/procedures").json()["procedures"]
+        }
+
+        events.wait_for(is_event("procedure.lifecycle.statechange", pid, new_state="READY"))
+        started = v7.put(f"/procedures/{pid}", json={"state": "RUNNING"})
+        assert started.status_code == 200 and started.json()["state"] == "RUNNING", started.text
+        events.wait_for(
+            lambda e: e.get("topic") == "user.script.announce" and e.get("procedure_id") == pid
+        )
+        stopped = v7.put(f"/procedures/{pid}", json={"state": "STOPPED", "abort": False})
+        assert stopped.json() == {"abort_message": f"Successfully stopped script with ID {pid}"}
+        again = v7.put(f"/procedures/{pid}", json={"state": "STOPPED"})
+        assert again.json() == {
+            "abort_message": f"Cannot stop script with ID {pid}: Script is not running"
+        }
+        unchanged = v7.put(f"/procedures/{pid}", json={"state": None})
+        assert unchanged.status_code == 200 and unchanged.json()["state"] == "STOPPED"
+
+        missing = v7.get("/procedures/99999")
+        assert missing.status_code == 404
+        assert missing.json() == {"detail": "No information available for PID=99999"}
+        v1_missing = v1.get("/procedures/99999")
+        assert v1_missing.status_code == 404 and v1_missing.json()["type"] == "ResourceNotFound"
+        invalid = v7.post("/procedures/", json={"script": {"script_type": "filesystem",
+                                                           "script_uri": "/no/prefix.py"}})  # fmt: skip
+        assert invalid.status_code == 422
+        assert invalid.json()["detail"][0]["loc"][:2] == ["body", "script"]
+        assert v1.post("/procedures", json={"script": {}}).status_code == 400
+
+        sbd = {
+            "sbd_id": "sbd-v7-1",
+            "activities": {"observe": {"kind": "filesystem",
+                                       "path": telescope.script_uri("activity.py")}},
+        }  # fmt: skip
+        assert v1.post("/sbds", json=sbd).status_code == 201
+        activity = v7.post("/activities/", json={"sbd_id": "sbd-v7-1", "activity_name": "observe"})
+        assert activity.status_code == 201, activity.text
+        activity_id = activity.json()["id"]
+        assert activity.json()["uri"] == f"{v7_url}/activities/{activity_id}"
+        events.wait_for(is_event("procedure.lifecycle.complete", activity.json()["procedure_id"]))
+        assert v7.get(f"/activities/{activity_id}").json()["id"] == activity_id
+        assert activity_id in [a["id"] for a in v7.get("/activities/").json()]
+        assert v7.get("/activities/99999").status_code == 404
+
+        document = v7.get("/openapi.json").json()
+        assert {"/procedures/", "/procedures/{procedure_id}", "/activities/", "/stream"} <= set(
+            document["paths"]
+        )
+        assert v1.get("/openapi.json").json()["paths"].keys() >= {"/api/v1.0/procedures"}
+    with httpx.stream("GET", f"{v7_url}/stream", timeout=10) as response:
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"

@@ -15,7 +15,7 @@ events costs a few writes, not one write (and one task switch) per event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -52,7 +52,11 @@ def _frame(event: HubEvent) -> str:
 
 
 async def _messages(
-    hub: EventHub, after: int | None, retry_ms: int, keepalive_seconds: float
+    hub: EventHub,
+    after: int | None,
+    retry_ms: int,
+    keepalive_seconds: float,
+    frame: Callable[[HubEvent], str] = _frame,
 ) -> AsyncIterator[bytes]:
     with hub.subscribe(last_event_id=after) as subscription:
         # The current position as id: a client that reconnects before seeing any event still
@@ -62,7 +66,7 @@ async def _messages(
         while True:
             events = await subscription.next_batch(timeout=keepalive_seconds)
             if events:
-                yield "".join(map(_frame, events)).encode()
+                yield "".join(map(frame, events)).encode()
             elif subscription.closed:
                 return  # dropped as too slow, or shutting down: the client resumes by id
             else:
