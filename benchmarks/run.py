@@ -30,6 +30,7 @@ import psutil
 from .git_figures import g1_environment_builds, g2_cached_git_prepare
 from .harness import BenchStack, OetClient
 from .http_figures import gateway, p6_events
+from .stack_figures import first_announce, stack_figures
 from .tango_figures import (
     Baseline,
     Plan,
@@ -41,7 +42,7 @@ from .tango_figures import (
     p7_scale,
 )
 
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2", "S1", "H1", "A1")
 TITLES = {
     "P1": "Prepare -> READY (script imports tango)",
     "P2": "Start -> RUNNING event",
@@ -53,6 +54,9 @@ TITLES = {
     "gateway": "GET /procedures (4 clients)",
     "G1": "Environment first build, 5 local deps: uv (baseline: pip)",
     "G2": "Prepare -> READY, git script, checkout + env cached",
+    "S1": "oet-stack spawn -> first 200 (1 subarray)",
+    "H1": "gateway GET /procedures, 1 client (baseline: Tango read)",
+    "A1": "first announce of a 10-message burst -> Tango subscriber",
 }
 PART_TITLES = {
     "start_to_complete_noop": "Start -> COMPLETE (no-op script)",
@@ -65,6 +69,12 @@ PART_TITLES = {
     "reuse_uv": "environment reuse (uv-built)",
     "reuse_pip": "environment reuse (pip-built)",
     "without_env": "Prepare -> READY, git script, OET environment",
+    "spawn_16": "oet-stack spawn -> first 200 (16 subarrays)",
+    "footprint": "total RSS of the stack, 1 subarray",
+    "to_sse": "first announce of a 10-message burst -> SSE client",
+    "get_one": "gateway GET /procedures/{id}, 1 client (baseline: GetProcedure)",
+    "list_4_clients": "gateway GET /procedures, 4 clients",
+    "get_one_4_clients": "gateway GET /procedures/{id}, 4 clients",
 }
 
 
@@ -129,6 +139,23 @@ def measure(
     plan: Plan, only: set[str], log: Callable[[str], None], profile: Path | None = None
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    if only & {"S1", "H1"}:
+        # Their own stacks, before the shared one starts, so that nothing else runs meanwhile.
+        began = time.monotonic()
+        log(f"S1, H1: {TITLES['S1']}; {TITLES['H1']} ...")
+        try:
+            figures = dict(zip(("S1", "H1"), stack_figures(plan), strict=True))
+        except Exception as exc:  # one broken figure must not lose the others
+            error = {"error": f"{type(exc).__name__}: {exc}", "met": False, "n": 0}
+            figures = {"S1": dict(error), "H1": dict(error)}
+        for key in ("S1", "H1"):
+            if key in only:
+                results[key] = figures[key]
+                results[key]["seconds"] = round(time.monotonic() - began, 1)
+                log(f"{key}: {summary_line(results[key])}")
+    only = only - {"S1", "H1"}
+    if not only:
+        return results
     with BenchStack() as stack:
         devices = [OetClient(stack, f"oso/oet/{n}") for n in range(1, stack.subarrays + 1)]
         dev = devices[0]
@@ -149,6 +176,7 @@ def measure(
             ),
             ("G1", lambda: g1_environment_builds(plan)),
             ("G2", lambda: g2_cached_git_prepare(dev, stack.git_repos, plan)),
+            ("A1", lambda: first_announce(dev, base, stack.rest_url, plan)),
         ]
         for key, step in steps:
             if key not in only:
@@ -197,7 +225,12 @@ def _row(name: str, title: str, f: dict[str, Any]) -> str:
     if "error" in f:
         return f"| {name} | {title} | error: {f['error']} | | | | | no | 0 |"
     if "median_ms" in f:
-        value, p99 = f"{f['median_ms']} ms", f"{f['p99_ms']} ms"
+        unit = f.get("unit", "ms")
+        value, p99 = f"{f['median_ms']} {unit}", f"{f['p99_ms']} {unit}"
+        if "overhead_ms" in f:
+            value += f" (+{f['overhead_ms']} ms)"
+        if "rss_growth_per_subarray_mib" in f:
+            value += f", +{f['rss_growth_per_subarray_mib']} MiB/subarray"
         base = f.get("baseline_median_ms")
         base = f"{base} ms" if base is not None else "-"
     else:

@@ -45,13 +45,16 @@ class Plan:
     scale_runs: int = 5
     gateway_requests: int = 2000
     gateway_concurrency: int = 4
+    spawn_runs: int = 3
+    gateway_rounds: int = 4
     pace: float = 0.1
 
     @classmethod
     def smoke(cls) -> Plan:
         return cls(
             n=3, cold=2, ignore_sigterm=1, responsiveness=32, announce=500, announce_runs=1,
-            scale_runs=1, gateway_requests=40, pace=0.05,
+            scale_runs=1, gateway_requests=40, pace=0.05, spawn_runs=1,
+            gateway_rounds=1,
         )  # fmt: skip
 
 

@@ -1,0 +1,359 @@
+"""S1/S16 (``oet-stack`` start-up and footprint), H1 (the gateway's own cost per GET) and A1
+(the first announce of a short burst).
+
+S1 and S16 spawn a stack of their own (before the shared 16-subarray stack of the other figures
+starts, so that nothing else of the benchmark runs meanwhile); H1 uses the last 1-subarray
+stack of S1, whose gateway fronts exactly one device, so that its overhead over that device's
+own Tango read is the gateway's alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import tango
+
+from .harness import HERE, SCRIPTS, OetClient, script_uri
+from .sse import ANNOUNCE, SseReader
+from .stats import combine, latency, ms, rate
+from .tango_figures import Baseline, Plan
+
+MIB = 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SpawnedStack:
+    """One ``oet-stack --subarrays N`` with the product defaults, timed from spawn to the first
+    200 of ``GET /procedures``."""
+
+    def __init__(self, subarrays: int):
+        self.subarrays = subarrays
+        self._tmp = tempfile.TemporaryDirectory(prefix="oet-bench-spawn-")
+        self.folder = Path(self._tmp.name)
+        self.db_port, self.rest_port = _free_port(), _free_port()
+        self.tango_host = f"127.0.0.1:{self.db_port}"
+        self.url = f"http://127.0.0.1:{self.rest_port}/api/v1.0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Spawn it; seconds until the first 200."""
+        log = (self.folder / "stack.log").open("wb")
+        command = [
+            sys.executable, "-m", "ska_oso_oet.stack", "--subarrays", str(self.subarrays),
+            "--data-dir", str(self.folder / "stack"), "--scripts", str(SCRIPTS),
+            "--port", str(self.db_port), "--rest-port", str(self.rest_port),
+            "--rest-host", "127.0.0.1",
+        ]  # fmt: skip
+        began = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.folder,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/procedures").status_code == 200:
+                        return time.perf_counter() - began
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.folder / "stack.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"oet-stack did not answer 200:\n{tail}")
+                time.sleep(0.005)  # polling a port that is not open yet: fails at once
+
+    def processes(self) -> list[psutil.Process]:
+        assert self.process is not None
+        parent = psutil.Process(self.process.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def footprint(self, settle_timeout: float = 20.0) -> dict[str, Any]:
+        """RSS and PSS (shared pages divided among sharers) of every process of the stack,
+        once its process tree has stopped changing (warm workers are part of it)."""
+        previous: tuple[int, int] | None = None
+        deadline = time.monotonic() + settle_timeout
+        while True:
+            sample = self._memory()
+            key = (sample["processes"], round(sample["rss_mib"]))
+            if key == previous or time.monotonic() > deadline:
+                return sample
+            previous = key
+            time.sleep(1.0)  # the tree is still growing (warm workers start)
+
+    def _memory(self) -> dict[str, Any]:
+        rss = pss = 0
+        names: dict[str, float] = {}
+        found = 0
+        for process in self.processes():
+            with contextlib.suppress(psutil.Error):
+                info = process.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+                found += 1
+                label = _label(process)
+                names[label] = round(names.get(label, 0.0) + info.rss / MIB, 1)
+        return {
+            "processes": found,
+            "rss_mib": round(rss / MIB, 1),
+            "pss_mib": round(pss / MIB, 1),
+            "rss_by_process_mib": names,
+        }
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._tmp.cleanup()
+
+
+def _label(process: psutil.Process) -> str:
+    line = " ".join(process.cmdline())
+    for needle, label in (
+        ("ska_oso_oet.stack", "oet-stack parent"),
+        ("ska_oso_oet.tango.server", "device server"),
+        ("ska_oso_oet.rest.server", "gateway"),
+        ("atabase", "Tango database"),
+        ("oet-guard", "guard"),
+    ):
+        if needle in line:
+            return label
+    return "worker/other"
+
+
+def stack_figures(plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """S1 (1 subarray: spawn -> first 200, footprint) and H1 (gateway GETs, measured on the
+    last S1 stack), then S16 (16 subarrays)."""
+    spawn1: list[float] = []
+    memory1: dict[str, Any] = {}
+    h1: dict[str, Any] = {}
+    for run in range(plan.spawn_runs):
+        stack = SpawnedStack(1)
+        try:
+            spawn1.append(stack.start())
+            if run == plan.spawn_runs - 1:
+                memory1 = stack.footprint()
+                h1 = gateway_overhead(stack, plan)
+        finally:
+            stack.stop()
+    spawn16: list[float] = []
+    memory16: dict[str, Any] = {}
+    for run in range(plan.spawn_runs):
+        stack = SpawnedStack(16)
+        try:
+            spawn16.append(stack.start())
+            if run == plan.spawn_runs - 1:
+                memory16 = stack.footprint()
+        finally:
+            stack.stop()
+    growth = (memory16["rss_mib"] - memory1["rss_mib"]) / 15
+    rss = {
+        "rss_mib": memory1["rss_mib"],
+        "pss_mib": memory1["pss_mib"],
+        "processes": memory1["processes"],
+        "rss_by_process_mib": memory1["rss_by_process_mib"],
+        "rss_16_mib": memory16["rss_mib"],
+        "pss_16_mib": memory16["pss_mib"],
+        "processes_16": memory16["processes"],
+        "rss_growth_per_subarray_mib": round(growth, 1),
+        "pss_growth_per_subarray_mib": round((memory16["pss_mib"] - memory1["pss_mib"]) / 15, 1),
+    }
+    # RSS as a "figure" of its own: rate_per_s-free latency shape would mislead, so it is a
+    # latency-shaped record in MiB with its own keys (the table shows median = RSS).
+    footprint = {
+        "median_ms": rss["rss_mib"],
+        "p99_ms": rss["rss_mib"],
+        "unit": "MiB",
+        "baseline_median_ms": None,
+        "ratio": None,
+        "target": "total RSS of the 1-subarray stack <= 300 MiB",
+        "met": rss["rss_mib"] <= 300,
+        "n": 1,
+        **rss,
+    }
+    s1 = latency(
+        spawn1,
+        baseline=None,
+        target_ms=600,
+        target="spawn -> first 200 of GET /procedures, 1 subarray: median <= 0.6 s",
+    )
+    s16 = latency(
+        spawn16,
+        baseline=None,
+        target_ms=1500,
+        target="16 subarrays: median <= 1.5 s",
+    )
+    return combine(s1, {"spawn_16": s16, "footprint": footprint}), h1
+
+
+def _timed_gets(url: str, count: int) -> list[float]:
+    samples = []
+    with httpx.Client(timeout=10.0) as client:
+        client.get(url).raise_for_status()
+        for _ in range(count):
+            sent = time.perf_counter()
+            client.get(url).raise_for_status()
+            samples.append(time.perf_counter() - sent)
+    return samples
+
+
+def _timed_calls(call: Any, count: int) -> list[float]:
+    call()
+    samples = []
+    for _ in range(count):
+        sent = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - sent)
+    return samples
+
+
+def _load(url: str, total: int, concurrency: int) -> float:
+    """Requests per second of ``concurrency`` clients each sending ``total / concurrency``."""
+    per = max(1, total // concurrency)
+    barrier = threading.Barrier(concurrency + 1)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with httpx.Client(timeout=10.0) as client:
+                client.get(url).raise_for_status()
+                barrier.wait()
+                for _ in range(per):
+                    client.get(url).raise_for_status()
+        except BaseException as exc:  # reported below, not lost in a thread
+            errors.append(exc)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.abort()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"load client failed: {errors[0]!r}")
+    return per * concurrency / (time.perf_counter() - began)
+
+
+def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
+    """H1: GET /procedures and GET /procedures/{id} of a gateway fronting one device, one
+    client (p50 minus the p50 of the device's own Tango read/command, interleaved) and 4
+    clients (requests/s). The history holds a few procedures, as an operator's would."""
+    proxy = tango.DeviceProxy(f"tango://{stack.tango_host}/oso/oet/1")
+    procedure_id = 0
+    with httpx.Client(timeout=10.0) as client:
+        for _ in range(3):
+            body = {"script": {"script_type": "filesystem", "script_uri": script_uri("noop.py")}}
+            response = client.post(f"{stack.url}/procedures", json=body)
+            response.raise_for_status()
+            procedure_id = response.json()["procedure"]["id"]
+    list_url, one_url = f"{stack.url}/procedures", f"{stack.url}/procedures/{procedure_id}"
+    http_list, http_one, tango_list, tango_one = [], [], [], []
+    for _ in range(plan.gateway_rounds):  # interleaved: load changes hit both alike
+        http_list += _timed_gets(list_url, 50)
+        tango_list += _timed_calls(lambda: proxy.read_attribute("procedures"), 50)
+        http_one += _timed_gets(one_url, 50)
+        tango_one += _timed_calls(lambda: proxy.command_inout("GetProcedure", procedure_id), 50)
+    rates_list = [_load(list_url, plan.gateway_requests, 4) for _ in range(2)]
+    rates_one = [_load(one_url, plan.gateway_requests, 4) for _ in range(2)]
+
+    def overhead(http: list[float], tango_samples: list[float], what: str) -> dict[str, Any]:
+        extra = statistics.median(http) - statistics.median(tango_samples)
+        figure = latency(
+            http,
+            baseline=tango_samples,
+            target_ms=None,
+            target="p50 overhead over the Tango call <= 0.3 ms (1 client)",
+            baseline_kind=what,
+            overhead_ms=ms(extra),
+        )
+        figure["met"] = extra * 1000 <= 0.3
+        return figure
+
+    def throughput(rates: list[float]) -> dict[str, Any]:
+        return rate(
+            rates,
+            baseline=None,
+            target_rate=2000,
+            target=">= 2,000 req/s with 4 clients",
+            met=True,
+            concurrency=4,
+        )
+
+    main = overhead(http_list, tango_list, "Tango read of procedures (same device)")
+    return combine(
+        main,
+        {
+            "get_one": overhead(http_one, tango_one, "Tango GetProcedure (same device)"),
+            "list_4_clients": throughput(rates_list),
+            "get_one_4_clients": throughput(rates_one),
+        },
+    )
+
+
+def first_announce(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict[str, Any]:
+    """A1: a script announces a short burst (10 messages); the first one's delay from the
+    script sending it (its ``timestamp``, same machine clock) to its arrival at a Tango
+    ``lastEvent`` subscriber and at an SSE client."""
+    offset = time.time() - time.perf_counter()  # arrival (perf_counter) -> wall clock
+    reader = SseReader(rest_url).start()
+    to_tango, to_sse = [], []
+    try:
+        for _ in range(plan.n):
+            time.sleep(plan.pace)  # let the warm pool refill, as between real commands
+            pid, _ = dev.prepare_ready(script_uri("announce.py"))
+            start, sse_start = dev.events.mark(), reader.log.mark()
+            dev.start(pid, count=10)
+            for log, out, begin in ((dev.events, to_tango, start), (reader.log, to_sse, sse_start)):
+                _, arrival, data = log.wait_for(
+                    lambda d, pid=pid: d.get("topic") == ANNOUNCE and d.get("msg") == 0,
+                    begin,
+                    hint=ANNOUNCE,
+                )
+                out.append(arrival + offset - float(data["timestamp"]))
+            dev.wait_state(pid, {"COMPLETE"}, start)
+    finally:
+        reader.close()
+    bare = [base.ping_event() for _ in range(max(plan.n, 20))]
+    tango_figure = latency(
+        to_tango,
+        baseline=bare,
+        target_ms=2,
+        target="median <= 2 ms from the script's send",
+        baseline_kind="minimal device: command -> change event",
+    )
+    sse_figure = latency(
+        to_sse,
+        baseline=bare,
+        target_ms=5,
+        target="median <= 5 ms from the script's send",
+        baseline_kind="minimal device: command -> change event",
+    )
+    return combine(tango_figure, {"to_sse": sse_figure})
+
+
+__all__ = ["HERE", "first_announce", "gateway_overhead", "stack_figures"]
