@@ -10,6 +10,7 @@ own Tango read is the gateway's alone.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -264,13 +265,16 @@ def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
     client (p50 minus the p50 of the device's own Tango read/command, interleaved) and 4
     clients (requests/s). The history holds a few procedures, as an operator's would."""
     proxy = tango.DeviceProxy(f"tango://{stack.tango_host}/oso/oet/1")
-    procedure_id = 0
-    with httpx.Client(timeout=10.0) as client:
-        for _ in range(3):
-            body = {"script": {"script_type": "filesystem", "script_uri": script_uri("noop.py")}}
-            response = client.post(f"{stack.url}/procedures", json=body)
-            response.raise_for_status()
-            procedure_id = response.json()["procedure"]["id"]
+    # Procedures made through Tango (what the GETs then read back); three, as a history holds.
+    body = {"script": {"script_type": "filesystem", "script_uri": script_uri("noop.py")}}
+    for _ in range(3):
+        proxy.command_inout("Prepare", json.dumps(body))
+    deadline = time.monotonic() + 60
+    while len(proxy.procedureIds if proxy.procedureIds is not None else []) < 3:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the three procedures of H1 were not created")
+        time.sleep(0.05)  # waiting for the device's history to show them
+    procedure_id = int(proxy.procedureIds[-1])
     list_url, one_url = f"{stack.url}/procedures", f"{stack.url}/procedures/{procedure_id}"
     http_list, http_one, tango_list, tango_one = [], [], [], []
     for _ in range(plan.gateway_rounds):  # interleaved: load changes hit both alike

@@ -3,8 +3,8 @@
 An ASGI middleware, so that an oversized or pathological request costs a bounded amount of
 memory and time and is answered with the documented error body:
 
-* headers larger than ``max_header_bytes`` in total: 431 (uvicorn itself refuses header blocks
-  beyond the larger ``h11`` limit ``oet-gateway`` gives it, with a 400);
+* headers larger than ``max_header_bytes`` in total: 431 (the gateway's HTTP protocol itself
+  refuses request heads beyond the larger :data:`~.protocol.MAX_HEAD_BYTES`, with a 400);
 * a body larger than ``max_body_bytes``: 413, decided from ``Content-Length`` before reading
   anything, or while reading a chunked body (never more than the limit is buffered);
 * a JSON body nested deeper than ``max_json_depth``: 400 (the JSON parser and pydantic recurse,

@@ -12,11 +12,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
 from ..logging_format import logging_config
 from .auth import Authenticator, exposure_problem, hash_token
+from .protocol import BoundedHttpToolsProtocol
 from .settings import RestSettings
 
 #: The tags field of the gateway's log lines.
@@ -38,9 +40,12 @@ _FLAGS = {
     "oidc_roles_claim": "OET_REST_OIDC_ROLES_CLAIM",
     "max_body_bytes": "OET_REST_MAX_BODY_BYTES",
 }
-#: uvicorn's own (h11) ceiling for a request's header block, above our 431 limit so that the
-#: documented 431 answers everything up to it.
-H11_MAX_HEADER_BLOCK = 64 * 1024
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """The event loop and HTTP protocol the gateway runs on: uvloop, and httptools with a
+    bounded request head (:mod:`.protocol`); tests serve the app with the same."""
+    return {"loop": "uvloop", "http": BoundedHttpToolsProtocol}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -156,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=logging_config(settings.log_level, tags=LOG_TAGS),
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         proxy_headers=True,
-        http="h11",
-        h11_max_incomplete_event_size=H11_MAX_HEADER_BLOCK,
+        **uvicorn_options(),
     )
 
 

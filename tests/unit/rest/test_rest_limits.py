@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from ska_oso_oet.rest.app import create_app
-from ska_oso_oet.rest.server import H11_MAX_HEADER_BLOCK
+from ska_oso_oet.rest.protocol import MAX_HEAD_BYTES
+from ska_oso_oet.rest.server import uvicorn_options
 from ska_oso_oet.rest.settings import RestSettings
 from tests.unit.rest.gateway_fakes import FakeDevice, serve_in_thread
 
@@ -27,7 +28,7 @@ def device() -> FakeDevice:
 def url(device) -> Iterator[str]:
     settings = RestSettings(max_body_bytes=64 * 1024, max_json_depth=32, max_header_bytes=8192)
     app = create_app(settings, client=device)
-    with serve_in_thread(app, h11_max_incomplete_event_size=H11_MAX_HEADER_BLOCK) as base:
+    with serve_in_thread(app, **uvicorn_options()) as base:
         yield base
 
 
@@ -96,6 +97,51 @@ def test_headers_beyond_uvicorns_own_ceiling_are_still_a_4xx(url):
         )
         reply = sock.recv(200).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 4"), reply
+
+
+def test_a_head_dripped_beyond_the_ceiling_is_refused_and_closed(url):
+    """The head is bounded however it arrives: many small header lines, never completed."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {BASE}/procedures HTTP/1.1\r\nHost: x\r\n".encode())
+        reply = b""
+        for n in range(MAX_HEAD_BYTES // 1000 + 10):
+            try:
+                sock.sendall(f"X-{n}: {'h' * 990}\r\n".encode())
+            except OSError:  # closed by the server: what is wanted
+                break
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+
+
+def test_a_huge_request_line_is_refused(url):
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET {BASE}/procedures?x={'a' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        reply = sock.recv(200)
+    assert reply.startswith(b"HTTP/1.1 4"), reply
+
+
+def test_a_body_in_the_same_packet_as_the_head_does_not_count_as_head(url, device):
+    """A 60 KiB body sent with its head in one write is within the body limit: accepted."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {
+            "script": {"script_type": "filesystem", "script_uri": "file:///x.py"},
+            "pad": "p" * 100_000,
+        }
+    ).encode()
+    head = (
+        f"POST {BASE}/procedures HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + body)
+        reply = sock.recv(200)
+    assert not reply.startswith(b"HTTP/1.1 400"), reply
 
 
 def test_non_ascii_sbd_id_is_400_not_500(url, device):

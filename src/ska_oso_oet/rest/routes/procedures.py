@@ -33,9 +33,24 @@ router = APIRouter(prefix="/procedures", tags=["procedures"])
 def public_summary(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
     """The device's summary plus ``uri``, built from the URL the client used (host, any root
     path of a proxy and the ``/subarray/<n>`` mount of an extra device)."""
-    path = request.app.url_path_for("get_procedure", procedure_id=str(summary["id"]))
-    root = request.scope.get("root_path", "")
-    return {"uri": f"{request.url.scheme}://{request.url.netloc}{root}{path}", **summary}
+    return {"uri": f"{_procedure_base(request)}{summary['id']}", **summary}
+
+
+def _procedure_base(request: Request) -> str:
+    """``uri`` of a procedure without its id. The route's path is looked up once per app (a
+    walk over every route, the larger part of building a list's URIs) and the origin once per
+    request."""
+    cached = request.scope.get("oet.procedure_base")
+    if cached is None:
+        state = request.app.state
+        path = getattr(state, "procedure_path", None)
+        if path is None:
+            path = request.app.url_path_for("get_procedure", procedure_id="0")[:-1]
+            state.procedure_path = path
+        root = request.scope.get("root_path", "")
+        cached = f"{request.url.scheme}://{request.url.netloc}{root}{path}"
+        request.scope["oet.procedure_base"] = cached
+    return cached
 
 
 @router.get("", response_model=ProcedureListResponse, responses=error_responses(503))
