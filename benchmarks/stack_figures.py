@@ -281,7 +281,9 @@ def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
         http_list += _timed_gets(list_url, 50)
         tango_list += _timed_calls(lambda: proxy.read_attribute("procedures"), 50)
         http_one += _timed_gets(one_url, 50)
-        tango_one += _timed_calls(lambda: proxy.command_inout("GetProcedure", procedure_id), 50)
+        tango_one += _timed_calls(
+            lambda: proxy.command_inout("GetProcedure", str(procedure_id)), 50
+        )
     rates_list = [_load(list_url, plan.gateway_requests, 4) for _ in range(2)]
     rates_one = [_load(one_url, plan.gateway_requests, 4) for _ in range(2)]
 

@@ -2,8 +2,9 @@
 
 1. starts a Tango database (``PyDatabaseds`` from pytango-db, on sqlite) on a free port,
 2. registers the OET devices ``oso/oet/1..N`` from the ``deviceservers/`` dsconfig file,
-3. starts ``OETDeviceServer`` and waits until every device answers,
-4. starts the extra services (the REST gateway hooks in here, see :data:`SERVICES`),
+3. starts ``OETDeviceServer`` and, at the same time, the extra services (the REST gateway hooks
+   in here, see :data:`SERVICES`), and waits until every device answers and every service is
+   ready,
 5. prints ``TANGO_HOST`` and the device names, and runs until Ctrl-C or SIGTERM, when it stops
    everything in reverse order (scripts are stopped by the device server itself).
 
@@ -23,7 +24,9 @@ output for people and scripts; its own log messages go to stderr in the SKA log 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -83,8 +86,10 @@ class StackContext:
         return guarded(command)
 
 
-#: A service started after the devices answer: returns the process it started (the stack
-#: stops it first on shutdown) or None. It should wait until the service is ready.
+#: A service, started once the database holds the devices, while the device server comes up
+#: (in a thread of its own): returns the process it started (the stack stops it first on
+#: shutdown) or None. It should wait until the service is ready (the devices reached), and
+#: give up once ``context.stopping`` is set.
 ServiceStarter = Callable[[StackContext], "subprocess.Popen[bytes] | None"]
 
 
@@ -549,14 +554,45 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     tango_host, devices = start_registered_database(options, stack, env)
     server = start_device_server(data_dir, options.host, env)
     stack.add(SERVER, server)
-    wait_for_devices(tango_host, devices, server, data_dir, stack.stopping)
-    LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(devices))
     context = StackContext(options, tango_host, devices, data_dir, env, stack.stopping)
-    for service in SERVICES:
-        process = service.start(context)
-        if process is not None:
-            stack.add(service.name, process)
-            LOGGER.info("%s (pid %d) started", service.name, process.pid)
+    # The services need only the database to start: they come up while the device server does
+    # (each still waits until it has reached the devices). The wait for the devices runs in a
+    # thread and the services start in this one: a child's parent-death signal (see
+    # guarded()) fires when the *thread* that started it ends. ``abandon`` makes a service's
+    # start give up when the device server fails or the stack stops meanwhile.
+    abandon = threading.Event()
+    devices_ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def wait() -> None:
+        try:
+            wait_for_devices(tango_host, devices, server, data_dir, stack.stopping)
+            devices_ready.set_result(None)
+        except BaseException as exc:  # handed to the main thread
+            abandon.set()
+            devices_ready.set_exception(exc)
+            return
+        while not abandon.is_set():  # the services' waits give up on the stack stopping too
+            if stack.stopping.wait(0.05):
+                abandon.set()
+
+    threading.Thread(target=wait, name="wait-for-devices", daemon=True).start()
+    try:
+        for service in SERVICES:
+            process = service.start(dataclasses.replace(context, stopping=abandon))
+            if process is not None:
+                stack.add(service.name, process)
+                LOGGER.info("%s (pid %d) started", service.name, process.pid)
+        devices_ready.result()
+    except BaseException as exc:
+        abandon.set()
+        # a failed device server explains more than the service that gave up because of it
+        cause = devices_ready.exception(0) if devices_ready.done() else None
+        if cause is not None and cause is not exc:
+            raise cause from exc
+        raise
+    finally:
+        abandon.set()  # ends the watch of wait()
+    LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(devices))
     return context
 
 

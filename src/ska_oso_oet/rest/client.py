@@ -217,6 +217,9 @@ class TangoDeviceClient(DeviceClient):
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
         last_warning = -math.inf
+        # Retry soon at first (oet-stack starts the gateway while the device server is still
+        # coming up), then back off to reconnect_seconds.
+        pause = min(0.05, self._reconnect_seconds)
         while self._proxy is None:
             try:
                 await loop.run_in_executor(self._executor, self._connect)
@@ -231,7 +234,8 @@ class TangoDeviceClient(DeviceClient):
                     self._connect_error,
                 )
                 last_warning = last_warning if quiet else time.monotonic()
-                await asyncio.sleep(self._reconnect_seconds)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self._reconnect_seconds)
 
     def _connect(self) -> None:
         with _CONNECT_LOCK:  # concurrent first subscriptions to one server lose its events
