@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2", "S1", "H1", "A1")
 
 
 def _check_figure(name: str, figure: dict) -> None:
@@ -53,6 +53,12 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
             _check_figure(f"{name}.{part}", sub)
     assert results["P1"]["baseline_median_ms"] is not None  # cold interpreter, same run
     assert results["P6"]["lost"] == 0 and results["P6"]["in_order"]  # delivery, not speed
+    footprint = results["S1"]["parts"]["footprint"]
+    assert footprint["processes"] >= 4 and footprint["rss_mib"] > footprint["pss_mib"] > 0
+    assert "rss_growth_per_subarray_mib" in footprint
+    assert results["H1"]["overhead_ms"] == pytest.approx(
+        results["H1"]["median_ms"] - results["H1"]["baseline_median_ms"], abs=0.01
+    )
     table = (tmp_path / "results.md").read_text()
     for name in FIGURES:
         assert f"| {name} |" in table
