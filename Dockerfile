@@ -65,6 +65,7 @@ RUN groupadd --gid 1000 tango \
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=1000:1000 scripts/ /scripts/
 COPY deviceservers/ /opt/oet/deviceservers/
+COPY examples/ /opt/oet/examples/
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -72,6 +73,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/var/lib/oet \
     XDG_CACHE_HOME=/var/lib/oet/cache \
     OET_SCRIPT_ROOTS=/scripts \
+    OET_EXAMPLES_DIR=/opt/oet/examples \
     OET_REST_HOST=0.0.0.0 \
     OET_REST_PORT=5000
 

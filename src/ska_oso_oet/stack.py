@@ -60,7 +60,8 @@ _REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = _REPOSITORY / "deviceservers" / "oet.json"
 #: The example scripts and SBDs of a source checkout (absent from an installed wheel).
 EXAMPLE_SCRIPTS = _REPOSITORY / "scripts"
-EXAMPLE_SBDS = _REPOSITORY / "examples" / "sbds"
+#: The example SBDs: OET_EXAMPLES_DIR (the container image sets it) or the source tree's.
+EXAMPLE_SBDS = Path(os.environ.get("OET_EXAMPLES_DIR") or _REPOSITORY / "examples") / "sbds"
 #: Placeholder in the example SBDs for the absolute path of the example scripts folder.
 SCRIPTS_PLACEHOLDER = "${OET_EXAMPLE_SCRIPTS}"
 #: Named explicitly: ``python -m ska_oso_oet.stack`` runs this module as ``__main__``.

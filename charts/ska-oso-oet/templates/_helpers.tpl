@@ -71,5 +71,7 @@ every subarray, or "oet<n>" per subarray when deviceServer.instancePerSubarray i
 {{- end -}}
 {{- $_ := set $instances $instance (dict "OETDevice" $devices) -}}
 {{- end -}}
-{{- dict "servers" (dict "OETDeviceServer" $instances) | toPrettyJson -}}
+{{- $readOnly := list "GetProcedure" "GetActivity" "GetSbd" "GetVersionInfo" "CheckLongRunningCommandStatus" "ProbeEvents" -}}
+{{- $classes := dict "OETDevice" (dict "properties" (dict "AllowedAccessCmd" $readOnly)) -}}
+{{- dict "servers" (dict "OETDeviceServer" $instances) "classes" $classes | toPrettyJson -}}
 {{- end -}}
