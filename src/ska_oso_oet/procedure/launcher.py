@@ -35,10 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from . import protocol
 from .errors import EngineUnavailable
+from .worker import descendants_of
 
 LOGGER = logging.getLogger(__name__)
 WORKER_PATH = Path(__file__).with_name("worker.py")
@@ -168,24 +167,23 @@ class WorkerConnection:
         The worker is a subreaper, so while it lives every process it started is in its
         subtree; the subtree is frozen first (SIGSTOP, repeated until nothing new appears) so
         that nothing forks or is reparented away between listing and killing."""
-        frozen: dict[int, psutil.Process] = {}
+        # The subtree is read from /proc/<pid>/task/*/children: only the worker's own
+        # descendants are visited, not every process of the host (a stop is on the hot path).
+        frozen: set[int] = set()
         for _ in range(50):
-            try:
-                leader = psutil.Process(self.pid)
-                tree = [leader, *leader.children(recursive=True)]
-            except psutil.Error:
+            if self.exited and not frozen:
                 break
-            fresh = [p for p in tree if p.pid not in frozen]
+            fresh = [p for p in (self.pid, *descendants_of(self.pid)) if p not in frozen]
             if not fresh:
                 break
-            for proc in fresh:
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(signal.SIGSTOP)
-                frozen[proc.pid] = proc
+            for pid in fresh:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen.update(fresh)
         self.signal_group(signal.SIGKILL)
-        for proc in frozen.values():
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        for pid in frozen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def group_alive(self) -> bool:
         try:
