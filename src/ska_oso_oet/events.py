@@ -29,6 +29,13 @@ PROCEDURE_STARTED = "procedure.lifecycle.started"
 PROCEDURE_STOPPED = "procedure.lifecycle.stopped"
 PROCEDURE_FAILED = "procedure.lifecycle.failed"
 PROCEDURE_COMPLETE = "procedure.lifecycle.complete"
+PROCEDURE_PAUSED = "procedure.lifecycle.paused"
+PROCEDURE_RESUMED = "procedure.lifecycle.resumed"
+#: A script asks the operator a question (``ska_oso_oet.script.ask``) / the question ended.
+REQUEST_OPENED = "procedure.request.opened"
+REQUEST_CLOSED = "procedure.request.closed"
+#: A script reported progress (``ska_oso_oet.script.progress``).
+PROCEDURE_PROGRESS = "procedure.progress"
 USER_SCRIPT_ANNOUNCE = "user.script.announce"
 SCRIPT_LOG = "script.log"
 SCRIPT_STDOUT = "script.stdout"

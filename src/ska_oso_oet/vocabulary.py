@@ -21,6 +21,7 @@ __all__ = [
     "COMMAND_ACCEPTING_ADMIN_MODES",
     "FINAL_STATES",
     "FINAL_TASK_STATUSES",
+    "HOLDING_STATES",
     "PREPARING_STATES",
     "REFUSED_RESULT_CODES",
     "STARTABLE_STATES",
@@ -47,6 +48,9 @@ class ProcedureState(enum.StrEnum):
     COMPLETE = "COMPLETE"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
+    #: Stopped at a checkpoint (or frozen) by an operator's pause; resumes to RUNNING. Last,
+    #: so that the Tango enum values of the older states stay what they were.
+    PAUSED = "PAUSED"
 
     @property
     def is_final(self) -> bool:
@@ -60,7 +64,9 @@ FINAL_STATES = frozenset({_S.COMPLETE, _S.STOPPED, _S.FAILED})
 PREPARING_STATES = frozenset({_S.CREATING, _S.IDLE, _S.PREP_ENV, _S.LOADING, _S.INITIALISING})
 #: States of a procedure that holds (or is about to hold) a script process: the ones a crash
 #: interrupts and a restart records FAILED.
-ACTIVE_STATES = frozenset(PREPARING_STATES | {_S.READY, _S.RUNNING})
+ACTIVE_STATES = frozenset(PREPARING_STATES | {_S.READY, _S.RUNNING, _S.PAUSED})
+#: States of the procedure that holds its subarray: no other may start meanwhile.
+HOLDING_STATES = frozenset({_S.RUNNING, _S.PAUSED})
 #: States from which a start may be asked for (a preparing procedure is started once READY).
 STARTABLE_STATES = frozenset(PREPARING_STATES | {_S.READY})
 

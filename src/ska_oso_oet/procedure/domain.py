@@ -26,7 +26,9 @@ ALLOWED_TRANSITIONS: dict[ProcedureState, frozenset[ProcedureState]] = {
     _S.LOADING: frozenset({_S.IDLE} | _ENDINGS),
     _S.INITIALISING: frozenset({_S.READY} | _ENDINGS),
     _S.READY: frozenset({_S.RUNNING} | _ENDINGS),
-    _S.RUNNING: frozenset({_S.COMPLETE} | _ENDINGS),
+    _S.RUNNING: frozenset({_S.COMPLETE, _S.PAUSED} | _ENDINGS),
+    # COMPLETE: main() may return while another thread of the script sits at a checkpoint.
+    _S.PAUSED: frozenset({_S.RUNNING, _S.COMPLETE} | _ENDINGS),
     _S.COMPLETE: frozenset(),
     _S.STOPPED: frozenset(),
     _S.FAILED: frozenset(),
@@ -246,6 +248,12 @@ class Procedure:
     details: dict[str, Any] = field(default_factory=dict)
     #: Who created, started, stopped or aborted it: ``{"action", "user", "at"}`` entries.
     audit: list[dict[str, Any]] = field(default_factory=list)
+    #: The script's last ``progress()``: {done, total, message, ts} (None: never reported).
+    progress: dict[str, Any] | None = None
+    #: The question the script waits on (``ask()``), None when there is none.
+    request: dict[str, Any] | None = None
+    #: Questions that ended: who answered what and when, or that they timed out (audit).
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def new(cls, pid: int, request: PrepareRequest) -> Procedure:
@@ -284,8 +292,11 @@ class Procedure:
             "history": {
                 "process_states": [[str(s), ts] for s, ts in self.process_states],
                 "stacktrace": self.stacktrace,
+                "requests": copy.deepcopy(self.requests),
             },
             "state": str(self.state),
+            "progress": copy.deepcopy(self.progress),
+            "request": copy.deepcopy(self.request),
             "command_id": self.command_id,
             "audit": copy.deepcopy(self.audit),
         }
@@ -308,4 +319,6 @@ class Procedure:
             command_id=summary.get("command_id"),
             details=dict(summary.get("details") or {}),
             audit=list(summary.get("audit") or []),
+            progress=summary.get("progress"),
+            requests=list(summary["history"].get("requests") or []),
         )

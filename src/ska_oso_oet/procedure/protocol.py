@@ -14,6 +14,20 @@ Worker channel (a Unix stream socket, newline-delimited JSON objects)::
       |  <- done {cmd: call, fn, has_main}  or  error {cmd, fn, error, traceback}
       |  end of file ->                         |  the worker kills what it started and exits
 
+Operator control, any time while a script runs (read by the worker's channel thread, so a
+busy script still gets them; the script side is :mod:`ska_oso_oet.script`)::
+
+      |  pause {} ->                            |  the script stops at its next checkpoint
+      |  <- paused {ts}                         |  ... and it has
+      |  resume {} ->                           |
+      |  <- resumed {ts}                        |  only after a paused
+      |  <- request {id, prompt, choices,       |  ask(): the script waits for an answer
+      |              default, timeout, ts}      |
+      |  answer {id, value, user} ->            |
+      |  <- closed {id, outcome, value, user,   |  outcome: answered | timeout | refused
+      |             reason, ts}                 |  (the worker alone decides the outcome)
+      |  <- progress {done, total, message, ts} |
+
 The engine checks ``hello.version`` against :data:`VERSION` before sending anything.
 
 Fork-server control (a SOCK_SEQPACKET socket, one JSON object per packet)::
@@ -31,7 +45,7 @@ import json
 from typing import Any, Literal, TypedDict
 
 #: Bumped whenever a message changes shape; a worker of another version is refused.
-VERSION = 2
+VERSION = 3
 
 # -- worker -> engine --------------------------------------------------------------------------
 HELLO = "hello"
@@ -40,9 +54,17 @@ ERROR = "error"
 EVENT = "event"
 LOG = "log"
 OUTPUT = "output"
+PAUSED = "paused"
+RESUMED = "resumed"
+REQUEST = "request"
+CLOSED = "closed"
+PROGRESS = "progress"
 # -- engine -> worker --------------------------------------------------------------------------
 LOAD = "load"
 CALL = "call"
+PAUSE = "pause"
+RESUME = "resume"
+ANSWER = "answer"
 # -- fork server -------------------------------------------------------------------------------
 READY = "ready"
 FORK = "fork"
@@ -87,6 +109,40 @@ class Call(TypedDict):
     kwargs: dict[str, Any]
 
 
+class Request(TypedDict):
+    """A question of the script to the operator (``ska_oso_oet.script.ask``)."""
+
+    msg: Literal["request"]
+    #: Unique within one worker ("1", "2", ...).
+    id: str
+    prompt: str
+    choices: list[Any] | None
+    default: Any
+    timeout: float | None
+    ts: float
+
+
+class Closed(TypedDict, total=False):
+    """How a request ended: ``answered`` (value, user), ``timeout`` (value: the default, if
+    any) or ``refused`` (an answer the worker would not take; the request stays open)."""
+
+    msg: Literal["closed"]
+    id: str
+    outcome: Literal["answered", "timeout", "refused"]
+    value: Any
+    user: str | None
+    reason: str
+    ts: float
+
+
+class Progress(TypedDict):
+    msg: Literal["progress"]
+    done: float
+    total: float | None
+    message: str
+    ts: float
+
+
 class ProtocolError(Exception):
     """A peer sent something this version of the protocol does not allow."""
 
@@ -121,3 +177,30 @@ def load(
 
 def call(fn: str, args: list[Any], kwargs: dict[str, Any]) -> Call:
     return {"cmd": CALL, "fn": fn, "args": list(args), "kwargs": dict(kwargs)}
+
+
+def pause() -> dict[str, Any]:
+    return {"cmd": PAUSE}
+
+
+def resume() -> dict[str, Any]:
+    return {"cmd": RESUME}
+
+
+def answer(request_id: str, value: Any, user: str | None) -> dict[str, Any]:
+    return {"cmd": ANSWER, "id": request_id, "value": value, "user": user}
+
+
+def match_choice(value: Any, choices: list[Any] | None) -> tuple[bool, Any]:
+    """``(True, choice)`` for the element of ``choices`` that ``value`` names (itself or its
+    text: a CLI or Tango client sends ``"2"`` for the choice ``2``), ``(False, None)`` when it
+    names none; ``(True, value)`` when there are no choices."""
+    if choices is None:
+        return True, value
+    for choice in choices:
+        if value == choice and type(value) is type(choice):
+            return True, choice
+    for choice in choices:
+        if str(value) == str(choice):
+            return True, choice
+    return False, None

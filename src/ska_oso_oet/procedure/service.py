@@ -58,12 +58,17 @@ State = ProcedureState
 
 _LIFECYCLE_TOPICS = {
     State.RUNNING: topics.PROCEDURE_STARTED,
+    State.PAUSED: topics.PROCEDURE_PAUSED,
     State.COMPLETE: topics.PROCEDURE_COMPLETE,
     State.FAILED: topics.PROCEDURE_FAILED,
     State.STOPPED: topics.PROCEDURE_STOPPED,
 }
 #: Worker messages that come from the script (subject to back-pressure).
 _SCRIPT_MESSAGES = frozenset({protocol.OUTPUT, protocol.LOG, protocol.EVENT})
+#: Longest wait of :meth:`ScriptExecutionService.answer` for the worker to take an answer.
+_ANSWER_TIMEOUT = 5.0
+#: Closed requests kept in a procedure's history (the oldest are dropped beyond this).
+_MAX_RECORDED_REQUESTS = 200
 #: How long an automatically started procedure (the abort script) waits for the stopped
 #: procedure to leave RUNNING, beyond the stop grace period.
 _AUTOSTART_MARGIN = 10.0
@@ -87,6 +92,14 @@ class _Run:
     has_main: bool = False
     #: Grace period of the stop asked for (None: the configured one).
     stop_grace: float | None = None
+    #: A pause was sent and the script has not reached a checkpoint yet.
+    pause_requested: bool = False
+    #: Paused with SIGSTOP (an immediate pause): resumed with SIGCONT, not a message.
+    frozen: bool = False
+    #: The request an answer is on its way to (its id), so that a second answer is refused.
+    answering: str | None = None
+    #: Verdicts of the worker on answers, by request id (answered, refused, timeout).
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
     driver: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -267,6 +280,9 @@ class ScriptExecutionService:
             )
         if worker is not None and first_request:
             self._terminate(worker, grace)
+            if run.frozen:
+                # A frozen group keeps SIGTERM pending until it runs again.
+                worker.signal_group(signal.SIGCONT)
         if run_abort:
             abort = PrepareRequest(
                 FileSystemScript(self.config.abort_script),
@@ -305,6 +321,136 @@ class ScriptExecutionService:
             requested_by=requested_by,
         )
         return None, self._create(abort)
+
+    # -- operator control ------------------------------------------------------------------
+    def pause(
+        self, procedure_id: int | None = None, immediate: bool = False, user: str | None = None
+    ) -> dict[str, Any]:
+        """Pause a running procedure (default: the running one).
+
+        The script stops at its next checkpoint (``checkpoint()``, an event it publishes, an
+        ``ask`` or ``progress``) and the procedure becomes PAUSED then. ``immediate`` freezes
+        its whole process group with SIGSTOP instead: PAUSED at once, wherever the script is
+        (see docs/scripts.md for why that is dangerous)."""
+        with self._lock:
+            run = self._active(procedure_id)
+            if run.state is State.PAUSED and not (immediate and not run.frozen):
+                return run.procedure.summary()
+            if run.state not in (State.RUNNING, State.PAUSED):
+                raise StateConflict(
+                    f"procedure {run.id} is {run.state}; only a RUNNING procedure can be paused"
+                )
+            worker = run.worker
+            assert worker is not None
+            run.procedure.note("frozen" if immediate else "paused", user)
+            LOGGER.info("procedure %d: pause%s asked by %s", run.id, " (freeze)" * immediate, user)
+            if immediate:
+                worker.signal_group(signal.SIGSTOP)
+                run.frozen = True
+                run.pause_requested = False
+                if run.state is State.RUNNING:
+                    self._transition(run, State.PAUSED)
+                return run.procedure.summary()
+            run.pause_requested = True
+            summary = run.procedure.summary()
+        worker.send(protocol.pause())
+        return summary
+
+    def resume(self, procedure_id: int | None = None, user: str | None = None) -> dict[str, Any]:
+        """Resume a PAUSED procedure where it stopped (or withdraw a pause not yet reached)."""
+        with self._lock:
+            run = self._active(procedure_id)
+            worker = run.worker
+            if run.state is State.RUNNING and not run.pause_requested:
+                raise StateConflict(f"procedure {run.id} is RUNNING; it is not paused")
+            if run.state not in (State.RUNNING, State.PAUSED):
+                raise StateConflict(
+                    f"procedure {run.id} is {run.state}; only a PAUSED procedure can be resumed"
+                )
+            assert worker is not None
+            run.procedure.note("resumed", user)
+            LOGGER.info("procedure %d: resume asked by %s", run.id, user)
+            run.pause_requested = False
+            if run.frozen:
+                run.frozen = False
+                worker.signal_group(signal.SIGCONT)
+                # A checkpoint pause may be under the freeze: the resume message lifts it too.
+                self._transition(run, State.RUNNING)
+            summary = run.procedure.summary()
+        worker.send(protocol.resume())
+        return summary
+
+    def pending_request(self, procedure_id: int) -> dict[str, Any] | None:
+        """The question procedure ``procedure_id`` waits on (None: there is none)."""
+        with self._lock:
+            request = self._find(procedure_id).procedure.request
+            return dict(request) if request else None
+
+    def answer(
+        self, procedure_id: int, request_id: str, value: Any, user: str | None = None
+    ) -> dict[str, Any]:
+        """Answer the script's pending question; returns the closed request as recorded.
+
+        Refused (StateConflict) when ``request_id`` is not the pending one (answered, timed
+        out, or never asked), and (InvalidRequest) when the value is not one of its choices."""
+        request_id = str(request_id)
+        with self._lock:
+            run = self._find(procedure_id)
+            pending = run.procedure.request
+            if pending is None or pending["id"] != request_id or run.answering == request_id:
+                raise StateConflict(self._stale_reason(run, request_id))
+            ok, _ = protocol.match_choice(value, pending.get("choices"))
+            if not ok:
+                raise InvalidRequest(
+                    f"{value!r} is not an answer to request {request_id} of procedure {run.id}; "
+                    f"choose one of {pending['choices']!r}"
+                )
+            worker = run.worker
+            assert worker is not None
+            run.answering = request_id
+            run.verdicts.pop(request_id, None)
+        try:
+            worker.send(protocol.answer(request_id, value, user))
+        except OSError as exc:
+            with self._lock:
+                run.answering = None
+            raise StateConflict(f"procedure {run.id} has ended: {exc}") from None
+        with self._lock:
+            arrived = self._changed.wait_for(
+                lambda: request_id in run.verdicts or run.state.is_final, _ANSWER_TIMEOUT
+            )
+            if run.answering == request_id:
+                run.answering = None
+            verdict = run.verdicts.pop(request_id, None)
+            if verdict is None:
+                if not arrived:
+                    raise EngineUnavailable(
+                        f"procedure {run.id} did not take the answer within {_ANSWER_TIMEOUT} s"
+                    )
+                raise StateConflict(f"procedure {run.id} ended before it took the answer")
+            if verdict["outcome"] == "refused":
+                raise InvalidRequest(f"procedure {run.id} refused the answer: {verdict['reason']}")
+            if verdict["outcome"] != "answered":
+                raise StateConflict(self._stale_reason(run, request_id))
+            run.procedure.note("answered", user)
+            self._persist(run)
+            return verdict
+
+    def _stale_reason(self, run: _Run, request_id: str) -> str:
+        for record in reversed(run.procedure.requests):
+            if record["id"] == request_id:
+                if record["outcome"] == "answered":
+                    how = (
+                        f"it was answered {record['value']!r} by {record.get('user') or 'someone'}"
+                    )
+                else:
+                    how = f"it timed out after {record.get('timeout')} s"
+                return f"request {request_id} of procedure {run.id} is no longer pending: {how}"
+        if run.answering == request_id:
+            return f"request {request_id} of procedure {run.id} is already being answered"
+        pending = run.procedure.request
+        now = f"; the pending request is {pending['id']}" if pending else "; none is pending"
+        return f"procedure {run.id} has no pending request {request_id}{now}"
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop every active procedure (recorded as STOPPED), cancel clones and environment
@@ -459,6 +605,24 @@ class ScriptExecutionService:
             msg_src = str(payload.pop("msg_src", None) or f"{self.config.name}/procedure/{run.id}")
             payload["procedure_id"] = run.id
             self.events.publish(message["topic"], msg_src, payload, message.get("ts"))
+        elif kind == protocol.PAUSED:
+            with self._lock:
+                run.pause_requested = False
+                if run.state is State.RUNNING and not run.stop_requested:
+                    self._transition(run, State.PAUSED)
+        elif kind == protocol.RESUMED:
+            with self._lock:
+                if run.state is State.PAUSED and not run.frozen and not run.stop_requested:
+                    self._transition(run, State.RUNNING)
+        elif kind == protocol.REQUEST:
+            self._on_request(run, message)
+        elif kind == protocol.CLOSED:
+            self._on_closed(run, message)
+        elif kind == protocol.PROGRESS:
+            progress = {k: message.get(k) for k in ("done", "total", "message", "ts")}
+            with self._lock:
+                run.procedure.progress = progress
+                self._publish(topics.PROCEDURE_PROGRESS, run.id, message.get("ts"), **progress)
         elif kind == "done":
             self._on_done(run, worker, message)
         elif kind == "error":
@@ -472,6 +636,57 @@ class ScriptExecutionService:
             else:
                 self._fail(run, error, message.get("traceback"))
             worker.close_channel()
+
+    def _on_request(self, run: _Run, message: dict[str, Any]) -> None:
+        request = {
+            "id": str(message["id"]),
+            "procedure_id": run.id,
+            "prompt": message.get("prompt"),
+            "choices": message.get("choices"),
+            "default": message.get("default"),
+            "timeout": message.get("timeout"),
+            "asked_at": message.get("ts"),
+        }
+        with self._lock:
+            run.procedure.request = request
+            self._publish(topics.REQUEST_OPENED, run.id, request=request)
+            self._persist(run)
+            self._changed.notify_all()
+
+    def _on_closed(self, run: _Run, message: dict[str, Any]) -> None:
+        request_id = str(message.get("id"))
+        outcome = message.get("outcome")
+        with self._lock:
+            if request_id == run.answering:
+                run.verdicts[request_id] = message
+            if outcome == "refused":
+                self._changed.notify_all()
+                return
+            pending = run.procedure.request
+            record = dict(pending) if pending and pending["id"] == request_id else {}
+            record.update(
+                id=request_id,
+                outcome=outcome,
+                value=message.get("value"),
+                user=message.get("user"),
+                closed_at=message.get("ts"),
+            )
+            if pending and pending["id"] == request_id:
+                run.procedure.request = None
+            requests = run.procedure.requests
+            requests.append(record)
+            del requests[:-_MAX_RECORDED_REQUESTS]
+            LOGGER.info(
+                "procedure %d: request %s %s (%r by %s)",
+                run.id,
+                request_id,
+                outcome,
+                record["value"],
+                record["user"],
+            )
+            self._publish(topics.REQUEST_CLOSED, run.id, request=record)
+            self._persist(run)
+            self._changed.notify_all()
 
     def _on_done(self, run: _Run, worker: WorkerConnection, message: dict[str, Any]) -> None:
         with self._lock:
@@ -542,7 +757,9 @@ class ScriptExecutionService:
                 previous_state=str(previous),
                 summary=summary,
             )
-            if state in _LIFECYCLE_TOPICS:
+            if previous is State.PAUSED and state is State.RUNNING:
+                self._publish(topics.PROCEDURE_RESUMED, run.id, result=summary)
+            elif state in _LIFECYCLE_TOPICS:
                 self._publish(_LIFECYCLE_TOPICS[state], run.id, result=summary)
             self._persist(run, summary)
             if state.is_final:
@@ -571,7 +788,21 @@ class ScriptExecutionService:
             raise ProcedureNotFound(procedure_id) from None
 
     def _running(self) -> _Run | None:
-        return next((r for r in self._runs.values() if r.state is State.RUNNING), None)
+        """The procedure that holds the subarray: RUNNING or PAUSED."""
+        return next(
+            (r for r in self._runs.values() if r.state in (State.RUNNING, State.PAUSED)), None
+        )
+
+    def _active(self, procedure_id: int | None) -> _Run:
+        if procedure_id is None:
+            run = self._running()
+            if run is None:
+                raise StateConflict("no procedure is running")
+            return run
+        run = self._find(procedure_id)
+        if run.state.is_final or run.stop_requested:
+            raise StateConflict(f"procedure {run.id} is {run.state}; it is not running")
+        return run
 
     def _evict(self) -> None:
         finished = [r.id for r in self._runs.values() if r.state.is_final]

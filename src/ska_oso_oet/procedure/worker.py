@@ -276,6 +276,169 @@ def _capture_fd(fd: int, stream: str) -> ChannelStream:
     return lines
 
 
+class OperatorControl:
+    """The worker's side of ``ska_oso_oet.script``: pause at checkpoints, questions, progress.
+
+    The channel thread calls :meth:`on_pause`, :meth:`on_resume` and :meth:`on_answer` while
+    the script runs in the main thread (or its own threads): a checkpoint costs one
+    ``Event.is_set()`` unless a pause is pending. A stop is a signal, never a message, so a
+    script paused or waiting for an answer ends at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._running.set()
+        self._paused_reported = False
+        self._answered = threading.Condition(self._lock)
+        self._next_id = 0
+        #: Open requests: id -> their choices; answers land in _answers.
+        self._open: dict[str, list[Any] | None] = {}
+        self._answers: dict[str, tuple[Any, str | None]] = {}
+
+    # -- channel thread ------------------------------------------------------------------
+    def on_pause(self) -> None:
+        self._running.clear()
+
+    def on_resume(self) -> None:
+        with self._lock:
+            self._running.set()
+            if self._paused_reported:
+                self._paused_reported = False
+                send({"msg": P.RESUMED, "ts": time.time()})
+
+    def on_answer(self, request_id: str, value: Any, user: str | None) -> None:
+        with self._lock:
+            if request_id not in self._open:
+                reason = f"request {request_id} is no longer pending"
+                send(_closed(request_id, "refused", reason=reason, value=value, user=user))
+                return
+            ok, choice = P.match_choice(value, self._open[request_id])
+            if not ok:
+                reason = f"{value!r} is not one of {self._open[request_id]!r}"
+                send(_closed(request_id, "refused", reason=reason, value=value, user=user))
+                return
+            del self._open[request_id]
+            self._answers[request_id] = (choice, user)
+            # Said here, in order, before the script runs on: the engine hears "answered"
+            # before anything the script does next.
+            send(_closed(request_id, "answered", value=choice, user=user))
+            self._answered.notify_all()
+
+    # -- script threads ------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        if self._running.is_set():
+            return
+        with self._lock:
+            if self._running.is_set():  # resumed meanwhile
+                return
+            if not self._paused_reported:
+                self._paused_reported = True
+                send({"msg": P.PAUSED, "ts": time.time()})
+        self._running.wait()
+
+    def ask(
+        self, prompt: str, choices: list[Any] | None, default: Any, timeout: float | None
+    ) -> Any:
+        self.checkpoint()
+        with self._lock:
+            self._next_id += 1
+            request_id = str(self._next_id)
+            self._open[request_id] = choices
+            send(
+                {
+                    "msg": P.REQUEST,
+                    "id": request_id,
+                    "prompt": prompt,
+                    "choices": choices,
+                    "default": default,
+                    "timeout": timeout,
+                    "ts": time.time(),
+                }
+            )
+            answered = self._answered.wait_for(lambda: request_id in self._answers, timeout)
+            if not answered:
+                del self._open[request_id]
+                send(_closed(request_id, "timeout", value=default))
+        if not answered:
+            if default is None:
+                raise AskTimeout(f"no answer to {prompt!r} within {timeout} s")
+            value = default
+        else:
+            value = self._answers.pop(request_id)[0]
+        self.checkpoint()
+        return value
+
+    def progress(self, done: float, total: float | None, message: str) -> None:
+        send(
+            {"msg": P.PROGRESS, "done": done, "total": total, "message": message, "ts": time.time()}
+        )
+        self.checkpoint()
+
+    def input(self, prompt: Any = "") -> str:
+        """The builtin ``input()`` of a script: a question without choices or timeout."""
+        return str(self.ask(str(prompt), None, None, None))
+
+
+def _closed(request_id: str, outcome: str, **facts: Any) -> dict[str, Any]:
+    return {"msg": P.CLOSED, "id": request_id, "outcome": outcome, "ts": time.time(), **facts}
+
+
+OPERATOR = OperatorControl()
+AskTimeout: Any = TimeoutError  # replaced by ska_oso_oet.script.AskTimeout once loaded
+
+
+class _PreloadedFinder:
+    """Makes ``import ska_oso_oet.script`` give a script the API module this worker drives,
+    under any interpreter: the module is our own file, loaded by path; where no
+    ``ska_oso_oet`` package is installed (a script's own virtualenv) an empty package stands
+    in for it, so that nothing else of the OET is importable there by accident."""
+
+    def __init__(self, modules: dict[str, Any]) -> None:
+        self._modules = modules
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self._modules:
+            return None
+        if fullname == "ska_oso_oet":
+            sys.meta_path.remove(self)
+            try:
+                real = importlib.util.find_spec(fullname)
+            finally:
+                sys.meta_path.insert(0, self)
+            if real is not None:
+                return None  # the installed package, with our script module inside it
+        module = self._modules[fullname]
+        return importlib.util.spec_from_loader(
+            fullname, self, is_package=hasattr(module, "__path__")
+        )
+
+    def create_module(self, spec: Any) -> Any:
+        return self._modules[spec.name]
+
+    def exec_module(self, module: Any) -> None:
+        pass
+
+
+def _install_script_api() -> None:
+    """Load ``ska_oso_oet/script.py`` (beside our folder), attach it to this worker, make it
+    importable, and map the builtin ``input()`` onto ``ask``: stdin is /dev/null."""
+    global AskTimeout
+    import builtins
+    import types
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script.py")
+    spec = importlib.util.spec_from_file_location("ska_oso_oet.script", path)
+    api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api)
+    api._install(OPERATOR)
+    AskTimeout = api.AskTimeout
+    stand_in = types.ModuleType("ska_oso_oet", "Stand-in package: only ska_oso_oet.script.")
+    stand_in.__path__ = []
+    stand_in.script = api
+    sys.meta_path.insert(0, _PreloadedFinder({"ska_oso_oet": stand_in, "ska_oso_oet.script": api}))
+    builtins.input = OPERATOR.input
+
+
 def _install_pubsub_forwarder() -> None:
     global _pubsub_listener
     try:
@@ -285,6 +448,7 @@ def _install_pubsub_forwarder() -> None:
 
     def forward(topic=pub.AUTO_TOPIC, **kwargs: Any) -> None:
         send({"msg": P.EVENT, "topic": topic.getName(), "payload": kwargs, "ts": time.time()})
+        OPERATOR.checkpoint()  # every published event is a place to pause
 
     _pubsub_listener = forward
     pub.subscribe(forward, pub.ALL_TOPICS)
@@ -365,7 +529,19 @@ def _watch_channel(channel: socket.socket, requests: queue.SimpleQueue) -> None:
     reader = channel.makefile("rb")
     try:
         for raw in reader:
-            requests.put(json.loads(raw))
+            request = json.loads(raw)
+            # Operator control is handled here, not by the (busy) main thread.
+            cmd = request.get("cmd")
+            if cmd == P.PAUSE:
+                OPERATOR.on_pause()
+            elif cmd == P.RESUME:
+                OPERATOR.on_resume()
+            elif cmd == P.ANSWER:
+                OPERATOR.on_answer(
+                    str(request.get("id")), request.get("value"), request.get("user")
+                )
+            else:
+                requests.put(request)
     except Exception:
         pass
     _exit_contained(0)
@@ -385,6 +561,7 @@ def serve(channel: socket.socket) -> None:
     root.handlers[:] = [ChannelLogHandler()]
     root.setLevel(os.environ.get("OET_SCRIPT_LOG_LEVEL", "INFO"))
     _install_pubsub_forwarder()
+    _install_script_api()
     send(
         {"msg": P.HELLO, "version": P.VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}
     )
