@@ -335,6 +335,11 @@ class SkaDevice(Device):
         """Complete a command (event thread): result first, then the final status."""
         self._tracker.update(command_id, status=status, result=(code, message))
 
+    def lrc_progress(self, command_id: str, percent: int) -> None:
+        """Report progress of an executing command (event thread): longRunningCommandProgress,
+        lrcExecuting and _lrcEvent."""
+        self._tracker.update(command_id, progress=percent)
+
     def lrc_status(self, command_id: str) -> TaskStatus:
         return self._tracker.status_of(command_id)
 

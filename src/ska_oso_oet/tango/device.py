@@ -8,12 +8,15 @@ and the outcome arrives on ``longRunningCommandResult`` and ``_lrcEvent``):
 * ``Stop(json)``, ``Abort()`` -> complete when the procedure is STOPPED ([OK, JSON list]).
 * ``RunActivity(json)`` -> runs an activity of a scheduling block definition (SBD); completes
   when the activity's script ends, or at PREPARED with ``prepare_only`` ([OK, activity JSON]).
+* ``Pause(json)`` -> completes when the procedure is PAUSED (at its next checkpoint, or at once
+  with ``immediate``); ``Resume(json)`` -> completes when it is RUNNING again.
+* ``Answer(json)`` -> answers the question a script asks (``inputRequest``), synchronous.
 * ``GetProcedure(id)``, ``GetActivity(id)`` -> one summary (synchronous).
 * ``AddSbd(json)``, ``GetSbd(sbd_id)`` -> store / read an SBD document (synchronous).
 
 Attributes: ``procedures``, ``activities``, ``runningProcedureId``, ``procedureIds``,
 ``procedureStates``, ``lastEvent`` (one change event per engine/script event, in order),
-``scriptMessage``, ``subarrayId`` and the SKA attributes of :class:`~.base.SkaDevice`.
+``scriptMessage``, ``inputRequest`` (questions waiting for an answer), ``subarrayId`` and the SKA attributes of :class:`~.base.SkaDevice`.
 
 The device only translates: it decodes the JSON argument, calls the
 :class:`~ska_oso_oet.procedure.service.ScriptExecutionService` (or the
@@ -51,6 +54,7 @@ import tango
 from tango import DevState
 from tango.server import attribute, command, device_property
 
+from .. import events as topics
 from ..activity.service import ActivityService
 from ..events import Event, dumps
 from ..jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds, shown
@@ -111,6 +115,7 @@ PROPERTY_SETTINGS = {
 # Configuration errors name the property a Tango user sets.
 PROPERTY_NAMES.update({setting: prop for prop, setting in PROPERTY_SETTINGS.items()})
 
+_ENDED = {"COMPLETE", "STOPPED", "FAILED"}
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
 #: Largest command argument (JSON text) accepted; far above any real request.
@@ -271,6 +276,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         self._power = DevState.ON
         self._power_lock = threading.Lock()
         self._reset_lock = threading.Lock()
+        #: Questions waiting for an answer, by procedure id (inputRequest).
+        self._requests: dict[int, dict[str, Any]] = {}
         self._subscription = None
         self._service: ScriptExecutionService | None = None
         self._service_error = ""
@@ -281,6 +288,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
             "scriptMessage",
             "runningProcedureState",
             "procedureLeds",
+            "inputRequest",
         ):
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
@@ -379,14 +387,55 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
             msg = event.payload.get("msg")
             self._script_message = msg if isinstance(msg, str) else dumps(msg)
             self.push("scriptMessage", self._script_message)
+        if event.topic in (topics.REQUEST_OPENED, topics.REQUEST_CLOSED):
+            self._on_request_event(event)
+        elif event.topic == topics.PROCEDURE_PROGRESS:
+            self._on_progress(event)
         if event.topic.startswith("procedure.lifecycle."):
             self._view.observe(event, self._lookup)
             self._refresh_procedures()
+            if event.topic.endswith((".stopped", ".failed", ".complete")):
+                self._forget_requests()
             for command_id, status, code, message in self._view.completions(self._lookup):
                 self.lrc_finish(command_id, status, code, message)
         elif self._activity_view.observe(event):
             self._refresh_activities()
             self._complete_activities()
+
+    def _on_request_event(self, event: Event) -> None:
+        pid = event.payload.get("procedure_id")
+        request = event.payload.get("request")
+        if not isinstance(pid, int) or not isinstance(request, dict):
+            return
+        if event.topic == topics.REQUEST_OPENED:
+            self._requests[pid] = request
+        elif self._requests.get(pid, {}).get("id") == request.get("id"):
+            del self._requests[pid]
+        self.push("inputRequest", self._input_request())
+
+    def _forget_requests(self) -> None:
+        """A procedure that ended waits for nothing any more."""
+        ended = [pid for pid in self._requests if (self._lookup(pid) or {}).get("state") in _ENDED]
+        for pid in ended:
+            del self._requests[pid]
+        if ended:
+            self.push("inputRequest", self._input_request())
+
+    def _input_request(self) -> str:
+        return dumps([self._requests[pid] for pid in sorted(self._requests)])
+
+    def _on_progress(self, event: Event) -> None:
+        """A script's progress() is the progress of the Start command that runs it."""
+        pid = event.payload.get("procedure_id")
+        command_id = self._view.command_of(pid, "Start") if isinstance(pid, int) else None
+        if command_id is None:
+            return
+        done, total = event.payload.get("done"), event.payload.get("total")
+        try:
+            percent = round(100 * float(done) / float(total)) if total else round(float(done))
+        except (TypeError, ValueError, OverflowError):
+            return
+        self.lrc_progress(command_id, max(0, min(percent, 2**31 - 1)))
 
     def _lookup(self, procedure_id: int) -> dict[str, Any] | None:
         try:
@@ -438,7 +487,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
                 health,
             )
         if running:
-            return DevState.RUNNING, f"Procedure {running} is running.{note}", health
+            how = "paused" if self._view.state_of(running) == "PAUSED" else "running"
+            return DevState.RUNNING, f"Procedure {running} is {how}.{note}", health
         return DevState.ON, f"The device is ON: no procedure is running.{note}", health
 
     # ----- request helpers ------------------------------------------------------------------
@@ -744,6 +794,94 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
 
     @command(
         dtype_in=str,
+        dtype_out=_LRC_REPLY,
+        doc_in='{"procedure_id": int (optional: the running one), "immediate": false (true: '
+        "freeze its processes with SIGSTOP at once instead of at the next checkpoint), "
+        '"user": who asks (recorded)}',
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is PAUSED.",
+    )
+    def Pause(self, argin: str) -> list[Any]:
+        """Pause a running procedure at its next checkpoint (or freeze it at once)."""
+        return self._lrc_reply("Pause", self._pause, argin)
+
+    def _pause(self, argin: str) -> list[Any]:
+        body = self._decode(argin, "Pause", {"procedure_id", "immediate", "user"})
+        service = self._engine("Pause")
+        pid = self._procedure_id(body, "Pause")
+        immediate = body.get("immediate", False)
+        if not isinstance(immediate, bool):
+            self._fail("OET_INVALID_REQUEST", "immediate must be true or false", "Pause")
+        user = self._user(body, "Pause")
+        command_id = generate_command_id("Pause")
+        summary = self._accept("Pause", service.pause, pid, immediate=immediate, user=user)
+        return self._begin(command_id, "Pause", summary["id"], [])
+
+    @command(
+        dtype_in=str,
+        dtype_out=_LRC_REPLY,
+        doc_in='{"procedure_id": int (optional: the paused one), "user": who asks (recorded)}',
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is RUNNING.",
+    )
+    def Resume(self, argin: str) -> list[Any]:
+        """Resume a PAUSED procedure where it stopped (or withdraw a pause not yet reached)."""
+        return self._lrc_reply("Resume", self._resume, argin)
+
+    def _resume(self, argin: str) -> list[Any]:
+        body = self._decode(argin, "Resume", {"procedure_id", "user"})
+        service = self._engine("Resume")
+        pid = self._procedure_id(body, "Resume")
+        user = self._user(body, "Resume")
+        command_id = generate_command_id("Resume")
+        summary = self._accept("Resume", service.resume, pid, user=user)
+        self.submit(self._withdraw_pause, summary["id"])
+        return self._begin(command_id, "Resume", summary["id"], [])
+
+    def _withdraw_pause(self, procedure_id: int) -> None:
+        """A Pause the script had not reached yet ends, ABORTED, with the Resume."""
+        command_id = self._view.command_of(procedure_id, "Pause")
+        if command_id is not None and self._view.state_of(procedure_id) != "PAUSED":
+            self._view.untrack(command_id)
+            self.lrc_finish(
+                command_id,
+                TaskStatus.ABORTED,
+                ResultCode.ABORTED,
+                f"pause of procedure {procedure_id} withdrawn by Resume before a checkpoint",
+            )
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"procedure_id": int, "request_id": str (inputRequest\'s "id"), "value": the '
+        'answer (one of the request\'s choices, if it has any), "user": who answers (recorded)}',
+        doc_out="The closed request as JSON: {id, outcome: answered, value, user, ...}.",
+    )
+    def Answer(self, argin: str) -> str:
+        """Answer a question a script asked (see inputRequest)."""
+        body = self._decode(argin, "Answer", {"procedure_id", "request_id", "value", "user"})
+        service = self._engine("Answer")
+        pid = self._procedure_id(body, "Answer")
+        if pid is None:
+            self._fail("OET_INVALID_REQUEST", "procedure_id is required", "Answer")
+        request_id = body.get("request_id")
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            request_id = str(request_id)
+        if not isinstance(request_id, str) or not request_id:
+            self._fail("OET_INVALID_REQUEST", "request_id is required (a string)", "Answer")
+        if "value" not in body:
+            self._fail("OET_INVALID_REQUEST", "value is required", "Answer")
+        user = self._user(body, "Answer")
+        return dumps(
+            self._call("Answer", service.answer, pid, request_id, body["value"], user=user)
+        )
+
+    def _user(self, body: dict[str, Any], origin: str) -> str | None:
+        user = body.get("user")
+        if user is not None and (not isinstance(user, str) or len(user) > 256):
+            self._fail("OET_INVALID_REQUEST", "user must be a string of at most 256", origin)
+        return user
+
+    @command(
+        dtype_in=str,
         dtype_out=str,
         doc_in="A procedure id (e.g. 12) or the command id that prepared or started it.",
         doc_out="The procedure summary as JSON.",
@@ -829,6 +967,15 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     )
     def lastEvent(self) -> str:
         return self._last_event
+
+    @attribute(
+        dtype=str,
+        doc='JSON list of the questions scripts wait on, [{"procedure_id", "id", "prompt", '
+        '"choices", "default", "timeout", "asked_at"}], oldest procedure first; answer with '
+        "Answer. Change events on every question asked or closed.",
+    )
+    def inputRequest(self) -> str:
+        return self._input_request()
 
     @attribute(dtype=str, doc="msg of the latest user.script.announce event.")
     def scriptMessage(self) -> str:

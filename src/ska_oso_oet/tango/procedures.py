@@ -11,6 +11,8 @@ events, in order), and decides when a long-running command is finished:
 * ``AbortScript`` (an ``Abort`` with nothing to stop) when the abort procedure has ended, like
   ``Start`` but with a JSON list, as every ``Abort`` result;
 * ``StopAll`` (``Off``) when every procedure it stopped has finished.
+* ``Pause`` when its procedure is PAUSED, ``Resume`` when it is RUNNING again (ABORTED when it
+  ends first).
 
 Completion is decided from events the device has already published, so a client always sees
 the ``lastEvent`` that justifies a result before the result itself.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Event, dumps
-from ..vocabulary import FINAL_STATES, ProcedureState
+from ..vocabulary import FINAL_STATES, HOLDING_STATES, ProcedureState
 from .ska import ResultCode, TaskStatus
 
 Lookup = Callable[[int], dict[str, Any] | None]
@@ -38,13 +40,18 @@ class _Seen:
     states: set[str] = field(default_factory=set)
     summary: dict[str, Any] | None = None
     transitions: int = 0
+    #: Every state seen, in order (Pause/Resume complete on a state reached after them).
+    history: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Tracked:
-    kind: str  # Prepare, Start, Stop, AbortScript or StopAll
+    kind: str  # Prepare, Start, Stop, AbortScript, StopAll, Pause or Resume
     procedure_id: int
     extra: list[int]
+    #: Index in _Seen.history from which Pause/Resume look for their goal (the state the
+    #: procedure was in when the command was tracked counts).
+    since: int = 0
 
 
 def as_of(summary: dict[str, Any], transitions: int, state: str) -> dict[str, Any]:
@@ -99,8 +106,9 @@ class ProcedureView:
         listed = ordered[-self.MAX_LISTED :]
         values = {
             "procedures": dumps(ordered),
+            # PAUSED holds the subarray as RUNNING does
             "runningProcedureId": next(
-                (s["id"] for s in ordered if s["state"] == ProcedureState.RUNNING), 0
+                (s["id"] for s in ordered if s["state"] in HOLDING_STATES), 0
             ),
             "procedureIds": [s["id"] for s in listed],
             "procedureStates": [s["state"] for s in listed],
@@ -130,10 +138,12 @@ class ProcedureView:
         seen = self._seen.setdefault(pid, _Seen())
         if event.topic.endswith(".created"):
             seen.states.add("CREATING")
+            seen.history.append("CREATING")
         new_state = event.payload.get("new_state")
         result = event.payload.get("result")
         if isinstance(new_state, str):
             seen.states.add(new_state)
+            seen.history.append(new_state)
             seen.transitions += 1
             carried = event.payload.get("summary")
             if isinstance(carried, dict):  # the summary as of this very change
@@ -158,7 +168,6 @@ class ProcedureView:
         self, command_id: str, kind: str, procedure_id: int, extra: list[int], lookup: Lookup
     ) -> None:
         """Follow a command until its procedure gets where the command leads."""
-        self._tracked[command_id] = _Tracked(kind, procedure_id, list(extra))
         self._remember(command_id, procedure_id)
         if procedure_id not in self._seen:
             # not observed since this device started (e.g. recovered from the store)
@@ -166,7 +175,21 @@ class ProcedureView:
             seen = self._seen.setdefault(procedure_id, _Seen())
             if summary is not None:
                 seen.summary = summary
-                seen.states.update(s for s, _ in summary["history"]["process_states"])
+                seen.history = [s for s, _ in summary["history"]["process_states"]]
+                seen.states.update(seen.history)
+        since = max(0, len(self._seen[procedure_id].history) - 1)
+        self._tracked[command_id] = _Tracked(kind, procedure_id, list(extra), since)
+
+    def command_of(self, procedure_id: int, kind: str) -> str | None:
+        """The id of the tracked ``kind`` command of ``procedure_id`` (e.g. its Start)."""
+        return next(
+            (
+                command_id
+                for command_id, tracked in self._tracked.items()
+                if tracked.procedure_id == procedure_id and tracked.kind == kind
+            ),
+            None,
+        )
 
     def completions(self, lookup: Lookup) -> list[Completion]:
         """The commands that are finished now, with their final status and result."""
@@ -177,6 +200,14 @@ class ProcedureView:
                 del self._tracked[command_id]
                 done.append((command_id, *outcome))
         return done
+
+    def state_of(self, procedure_id: int) -> str | None:
+        """The latest state this view has seen of ``procedure_id``."""
+        seen = self._seen.get(procedure_id)
+        return seen.history[-1] if seen and seen.history else None
+
+    def untrack(self, command_id: str) -> None:
+        self._tracked.pop(command_id, None)
 
     def procedure_of(self, command_id: str) -> int | None:
         return self._procedure_of.get(command_id)
@@ -198,6 +229,20 @@ class ProcedureView:
                 self._summary(pid, lookup) for pid in [tracked.procedure_id, *tracked.extra]
             ]
             return TaskStatus.COMPLETED, ResultCode.OK, dumps([s for s in summaries if s])
+        if tracked.kind in ("Pause", "Resume"):
+            want = "PAUSED" if tracked.kind == "Pause" else "RUNNING"
+            after = seen.history[tracked.since :]
+            if want in after:
+                summary = self._summary(tracked.procedure_id, lookup)
+                return TaskStatus.COMPLETED, ResultCode.OK, dumps(summary)
+            if set(after) & FINAL_STATES:
+                return (
+                    TaskStatus.ABORTED,
+                    ResultCode.ABORTED,
+                    f"procedure {tracked.procedure_id} ended ({after[-1]}) before it was "
+                    + ("paused" if tracked.kind == "Pause" else "resumed"),
+                )
+            return None
         goal = ProcedureState.READY if tracked.kind == "Prepare" else ProcedureState.COMPLETE
         if goal in states:
             summary = self._summary(tracked.procedure_id, lookup)
