@@ -95,8 +95,10 @@ class SubscriptionHub:
             self._listeners.get(attribute.lower(), []).remove(listener)
 
     def _dispatch(self, event: tango.EventData) -> None:
-        with self._lock:
-            listeners = list(self._listeners.get(attribute_of(event), ()))
+        # No lock here: a subscribe_event holding it (in add) waits for Tango's subscription
+        # monitor, which the thread delivering another attribute's event holds while it runs
+        # this callback. Copying the list is atomic enough for listeners added and removed.
+        listeners = list(self._listeners.get(attribute_of(event)) or ())
         for listener in listeners:
             listener(event)
 

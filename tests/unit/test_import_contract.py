@@ -123,7 +123,7 @@ def _required_imports(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["vocabulary.py", "procedure/worker.py", "procedure/protocol.py"]
+    "module", ["vocabulary.py", "procedure/worker.py", "procedure/protocol.py", "script.py"]
 )
 def test_module_needs_only_the_standard_library(module: str) -> None:
     imported = _required_imports(PACKAGE / module)

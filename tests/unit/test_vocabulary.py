@@ -11,7 +11,8 @@ from ska_oso_oet import vocabulary as v
 from ska_oso_oet.procedure import domain
 from ska_oso_oet.tango import ska
 
-#: DESIGN §3, exactly as written there.
+#: DESIGN §3, exactly as written there, plus PAUSED (issue 15: operator pause), last so that
+#: the Tango enum values of the older states did not change.
 DESIGN_STATES = [
     "UNKNOWN",
     "IDLE",
@@ -24,6 +25,7 @@ DESIGN_STATES = [
     "COMPLETE",
     "STOPPED",
     "FAILED",
+    "PAUSED",
 ]
 
 
@@ -67,7 +69,7 @@ def test_gateway_labels_come_from_the_vocabulary() -> None:
     for state in DESIGN_STATES:
         assert schemas.UpdateProcedureRequest(state=state).state == state
     with pytest.raises(ValueError, match="state"):
-        schemas.UpdateProcedureRequest(state="PAUSED")
+        schemas.UpdateProcedureRequest(state="SLEEPING")
 
 
 @pytest.mark.parametrize(
