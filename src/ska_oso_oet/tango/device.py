@@ -797,7 +797,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         dtype_out=_LRC_REPLY,
         doc_in='{"procedure_id": int (optional: the running one), "immediate": false (true: '
         "freeze its processes with SIGSTOP at once instead of at the next checkpoint), "
-        '"user": who asks (recorded)}',
+        '"requested_by": who asks (recorded)}',
         doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is PAUSED.",
     )
     def Pause(self, argin: str) -> list[Any]:
@@ -805,7 +805,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._lrc_reply("Pause", self._pause, argin)
 
     def _pause(self, argin: str) -> list[Any]:
-        body = self._decode(argin, "Pause", {"procedure_id", "immediate", "user"})
+        body = self._decode(argin, "Pause", {"procedure_id", "immediate", "requested_by"})
         service = self._engine("Pause")
         pid = self._procedure_id(body, "Pause")
         immediate = body.get("immediate", False)
@@ -819,7 +819,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     @command(
         dtype_in=str,
         dtype_out=_LRC_REPLY,
-        doc_in='{"procedure_id": int (optional: the paused one), "user": who asks (recorded)}',
+        doc_in='{"procedure_id": int (optional: the paused one), "requested_by": who asks (recorded)}',
         doc_out="([ResultCode.STARTED], [command_id]); completes when the procedure is RUNNING.",
     )
     def Resume(self, argin: str) -> list[Any]:
@@ -827,7 +827,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._lrc_reply("Resume", self._resume, argin)
 
     def _resume(self, argin: str) -> list[Any]:
-        body = self._decode(argin, "Resume", {"procedure_id", "user"})
+        body = self._decode(argin, "Resume", {"procedure_id", "requested_by"})
         service = self._engine("Resume")
         pid = self._procedure_id(body, "Resume")
         user = self._user(body, "Resume")
@@ -852,12 +852,12 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         dtype_in=str,
         dtype_out=str,
         doc_in='{"procedure_id": int, "request_id": str (inputRequest\'s "id"), "value": the '
-        'answer (one of the request\'s choices, if it has any), "user": who answers (recorded)}',
+        'answer (one of the request\'s choices, if it has any), "requested_by": who answers (recorded)}',
         doc_out="The closed request as JSON: {id, outcome: answered, value, user, ...}.",
     )
     def Answer(self, argin: str) -> str:
         """Answer a question a script asked (see inputRequest)."""
-        body = self._decode(argin, "Answer", {"procedure_id", "request_id", "value", "user"})
+        body = self._decode(argin, "Answer", {"procedure_id", "request_id", "value", "requested_by"})
         service = self._engine("Answer")
         pid = self._procedure_id(body, "Answer")
         if pid is None:
@@ -875,9 +875,11 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         )
 
     def _user(self, body: dict[str, Any], origin: str) -> str | None:
-        user = body.get("user")
+        user = body.get("requested_by")
         if user is not None and (not isinstance(user, str) or len(user) > 256):
-            self._fail("OET_INVALID_REQUEST", "user must be a string of at most 256", origin)
+            self._fail(
+                "OET_INVALID_REQUEST", "requested_by must be a string of at most 256", origin
+            )
         return user
 
     @command(

@@ -281,3 +281,36 @@ def test_script_api_reaches_a_foreign_interpreter(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "Stand-in package" in result.stdout
+
+
+def test_the_example_script_runs_under_operator_control(make_service, tmp_path):
+    """scripts/operator_demo.py (docs/scripts.md): answered, paused and resumed, COMPLETE."""
+    import shutil
+
+    from ..conftest import prepare_uri
+
+    example = tmp_path / "operator_demo.py"
+    shutil.copy(SCRIPTS.parents[1] / "scripts" / "operator_demo.py", example)
+    service = make_service()
+    recorder = EventRecorder()
+    service.events.subscribe(recorder)
+    summary = service.prepare(prepare_uri(f"file://{example}", {"subarray_id": 3}))
+    pid = summary["id"]
+    service.wait_for_state(pid, {S.READY}, TIMEOUT)
+    service.start(pid, FunctionArgs(kwargs={"scans": 3, "scan_seconds": 0.05}))
+    band = wait_request(service, recorder, pid)
+    assert band["choices"] == ["1", "2", "5a"]
+    service.answer(pid, band["id"], "5a", user="op")
+    recorder.wait_for(lambda e: e.topic == topics.USER_SCRIPT_ANNOUNCE)
+    service.pause(pid)
+    service.wait_for_state(pid, {S.PAUSED}, TIMEOUT)
+    service.resume(pid)
+    park = wait_request(service, recorder, pid, after=int(band["id"]))
+    service.answer(pid, park["id"], "yes", user="op")
+    final = service.wait_for_state(pid, FINAL, TIMEOUT)
+    assert final["state"] == "COMPLETE", final["history"]
+    assert "PAUSED" in states_of(final)
+    assert final["progress"]["done"] == 3
+    announced = [e.payload["msg"] for e in recorder.of(pid, topics.USER_SCRIPT_ANNOUNCE)]
+    assert announced == ["scan 1", "scan 2", "scan 3", "parking"]
+    assert [r["value"] for r in final["history"]["requests"]] == ["5a", "yes"]

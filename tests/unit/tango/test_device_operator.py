@@ -50,7 +50,7 @@ def test_pause_at_a_checkpoint_and_resume(device, script_dir) -> None:
     with EventTracer(device, ["lastEvent", "Status"]) as tracer:
         device.Start(json.dumps({"procedure_id": pid}))
         tracer.wait_for(lambda v: "passed 2" in v, "lastEvent")
-        paused = LrcClient(device).invoke("Pause", json.dumps({"procedure_id": pid, "user": "op"}))
+        paused = LrcClient(device).invoke("Pause", json.dumps({"procedure_id": pid, "requested_by": "op"}))
         assert paused.statuses[-1] == TaskStatus.COMPLETED, paused
         assert json.loads(paused.result[1])["state"] == "PAUSED"
         tracer.wait_for(lambda v: "procedure.lifecycle.paused" in v, "lastEvent")
@@ -85,7 +85,7 @@ def test_question_answered_from_tango(device, script_dir) -> None:
         pending = tracer.wait_for(lambda v: json.loads(v), "inputRequest")
         (request,) = json.loads(pending)
         assert request["procedure_id"] == pid and request["choices"] == ["a", "b"]
-        answer = {"procedure_id": pid, "request_id": request["id"], "user": "tango-op"}
+        answer = {"procedure_id": pid, "request_id": request["id"], "requested_by": "tango-op"}
         with pytest.raises(tango.DevFailed) as excinfo:
             device.Answer(json.dumps({**answer, "value": "c"}))
         assert reason_of(excinfo) == "OET_INVALID_REQUEST"
