@@ -40,9 +40,10 @@ from .tango_figures import (
     p4_too_switch,
     p5_responsiveness,
     p7_scale,
+    p8_operator,
 )
 
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2", "S1", "H1", "A1")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "gateway", "G1", "G2", "S1", "H1", "A1")
 TITLES = {
     "P1": "Prepare -> READY (script imports tango)",
     "P2": "Start -> RUNNING event",
@@ -51,6 +52,7 @@ TITLES = {
     "P5": "Command/read round trip, 16 busy devices",
     "P6": "20,000 announces -> Tango subscriber",
     "P7": "16 devices prepare+run+complete concurrently (wall)",
+    "P8": "Pause -> PAUSED event (script checkpointing every 10 ms)",
     "gateway": "GET /procedures (4 clients)",
     "G1": "Environment first build, 5 local deps: uv (baseline: pip)",
     "G2": "Prepare -> READY, git script, checkout + env cached",
@@ -75,6 +77,8 @@ PART_TITLES = {
     "get_one": "gateway GET /procedures/{id}, 1 client (baseline: GetProcedure)",
     "list_4_clients": "gateway GET /procedures, 4 clients",
     "get_one_4_clients": "gateway GET /procedures/{id}, 4 clients",
+    "resume": "Resume -> RUNNING event",
+    "ask_round_trip": "question event -> Answer -> script goes on",
 }
 
 
@@ -168,6 +172,7 @@ def measure(
             ("P5", lambda: p5_responsiveness(devices, plan)),
             ("P6", lambda: p6_events(dev, base, stack.rest_url, plan)),
             ("P7", lambda: p7_scale(devices, plan)),
+            ("P8", lambda: p8_operator(dev, base, plan)),
             (
                 "gateway",
                 lambda: gateway(

@@ -8,6 +8,7 @@ the device server's warm pool refill, as it would between real observing command
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -311,3 +312,66 @@ def p7_scale(devices: list[OetClient], plan: Plan) -> dict[str, Any]:
         spread_p99_ms=ms(percentile(spreads, 0.99)),
     )
     return combine(wall, {"per_device": per_device})
+
+
+def p8_operator(dev: OetClient, base: Baseline, plan: Plan) -> dict[str, Any]:
+    """Operator control of a script that checkpoints every 10 ms: Pause -> PAUSED event and
+    Resume -> RUNNING event; and a question's round trip: the ``procedure.request.opened``
+    event reaches the client -> it calls Answer -> the script's next line (it goes on) arrives."""
+    paused, resumed = [], []
+    pid, _ = dev.prepare_ready(script_uri("checkpoint_loop.py"))
+    start = dev.events.mark()
+    dev.start(pid)
+    dev.wait_state(pid, "RUNNING", start)
+    for _ in range(plan.n):
+        time.sleep(plan.pace)
+        start = dev.events.mark()
+        sent = time.perf_counter()
+        dev.proxy.Pause(json.dumps({"procedure_id": pid}))
+        arrival, _ = dev.wait_state(pid, "PAUSED", start)
+        paused.append(arrival - sent)
+        start = dev.events.mark()
+        sent = time.perf_counter()
+        dev.proxy.Resume(json.dumps({"procedure_id": pid}))
+        arrival, _ = dev.wait_state(pid, "RUNNING", start)
+        resumed.append(arrival - sent)
+    dev.stop_and_wait(pid)
+
+    round_trips = []
+    pid, _ = dev.prepare_ready(script_uri("asker.py"))
+    start = dev.events.mark()
+    dev.start(pid, count=plan.n)
+    for n in range(plan.n):
+        _, asked_at, data = dev.events.wait_for(
+            lambda d: d.get("topic") == "procedure.request.opened" and d.get("procedure_id") == pid,
+            start,
+            30.0,
+            hint="procedure.request.opened",
+        )
+        start = dev.events.mark()
+        request_id = data["request"]["id"]
+        answer = {"procedure_id": pid, "request_id": request_id, "value": "ok"}
+        dev.proxy.Answer(json.dumps(answer))
+        _, arrival, _ = dev.events.wait_for(
+            lambda d, n=n: d.get("line") == f"answered {n} ok", start, 30.0, hint="answered"
+        )
+        round_trips.append(arrival - asked_at)
+    dev.wait_state(pid, "COMPLETE", start)
+    floor = [base.ping_event() for _ in range(plan.n)]
+    kind = "bare Tango command -> change event (minimal device)"
+    main = latency(
+        paused, baseline=floor, target_ms=20, target="median <= 20 ms", baseline_kind=kind
+    )
+    parts = {
+        "resume": latency(
+            resumed, baseline=floor, target_ms=20, target="median <= 20 ms", baseline_kind=kind
+        ),
+        "ask_round_trip": latency(
+            round_trips,
+            baseline=floor,
+            target_ms=None,
+            target="measured (no target)",
+            baseline_kind=kind,
+        ),
+    }
+    return combine(main, parts)

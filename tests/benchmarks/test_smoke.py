@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "gateway", "G1", "G2", "S1", "H1", "A1")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "gateway", "G1", "G2", "S1", "H1", "A1")
 
 
 def _check_figure(name: str, figure: dict) -> None:

@@ -156,7 +156,7 @@ class TestQuestions:
         assert "answer='later'" in stdout_lines(recorder, pid)
         (record,) = final["history"]["requests"]
         assert record["outcome"] == "timeout" and record["value"] == "later"
-        with pytest.raises(StateConflict, match="timed out after 0.2 s"):
+        with pytest.raises(StateConflict, match=r"timed out after 0\.2 s"):
             service.answer(pid, record["id"], "now")
 
     def test_timeout_without_default_raises_in_the_script(self, service, recorder):
