@@ -7,6 +7,7 @@ The layouts follow the original OET client, which users read and scrape: the tab
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -187,6 +188,11 @@ EVENT_FORMATS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "procedure.lifecycle.stacktrace": lambda e: (
         f"Procedure {e['procedure_id']} stack trace:\n{str(e['stacktrace']).rstrip()}"
     ),
+    "procedure.lifecycle.paused": lambda e: f"{_procedure(e)} paused",
+    "procedure.lifecycle.resumed": lambda e: f"{_procedure(e)} resumed",
+    "procedure.request.opened": lambda e: request_line(e["request"]),
+    "procedure.request.closed": lambda e: closed_line(e["request"]),
+    "procedure.progress": lambda e: f"Procedure {e['procedure_id']} progress: {progress_text(e)}",
     "user.script.announce": lambda e: f"Script message: {e['msg']}",
     "script.log": lambda e: f"Script log {e['level']} {e['logger']}: {e['message']}",
     "script.stdout": lambda e: (
@@ -220,6 +226,39 @@ EVENT_FORMATS: dict[str, Callable[[Mapping[str, Any]], str]] = {
 }
 
 _ENVELOPE = ("topic", "msg_src", "timestamp", "seq")
+
+
+def request_line(request: Mapping[str, Any]) -> str:
+    """A script's question, and how to answer it."""
+    choices = request.get("choices")
+    hint = f" [{'/'.join(map(str, choices))}]" if choices else ""
+    if request.get("default") is not None:
+        hint += f" (default {request['default']!r}"
+        hint += f" in {request['timeout']} s)" if request.get("timeout") else ")"
+    pid = request.get("procedure_id")
+    return (
+        f"Procedure {pid} asks (request {request['id']}): {request.get('prompt')}{hint}"
+        f" -- answer with: oet answer --pid={pid} VALUE"
+    )
+
+
+def closed_line(request: Mapping[str, Any]) -> str:
+    pid, rid = request.get("procedure_id"), request.get("id")
+    if request.get("outcome") == "answered":
+        who = f" by {request['user']}" if request.get("user") else ""
+        return f"Procedure {pid} request {rid} answered {request.get('value')!r}{who}"
+    default = request.get("value")
+    tail = f"; the script goes on with {default!r}" if default is not None else ""
+    return f"Procedure {pid} request {rid} timed out{tail}"
+
+
+def progress_text(progress: Mapping[str, Any]) -> str:
+    done, total = progress.get("done"), progress.get("total")
+    text = f"{done}/{total}" if total else f"{done}"
+    if total:
+        with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
+            text += f" ({100 * float(done) / float(total):.0f}%)"
+    return f"{text} {progress.get('message') or ''}".rstrip()
 
 
 def event_line(event: Mapping[str, Any]) -> str:

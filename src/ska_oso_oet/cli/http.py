@@ -124,6 +124,21 @@ class OetHttp:
         body = {"state": "STOPPED", "abort": run_abort}
         return self._request("PUT", f"/procedures/{procedure_id}", body)["abort_message"]
 
+    def pause_procedure(self, procedure_id: int, immediate: bool) -> dict[str, Any]:
+        body = {"state": "PAUSED", "immediate": immediate}
+        return self._request("PUT", f"/procedures/{procedure_id}", body)["procedure"]
+
+    def resume_procedure(self, procedure_id: int) -> dict[str, Any]:
+        body = {"state": "RUNNING"}
+        return self._request("PUT", f"/procedures/{procedure_id}", body)["procedure"]
+
+    def get_request(self, procedure_id: int) -> dict[str, Any] | None:
+        return self._request("GET", f"/procedures/{procedure_id}/request")["request"]
+
+    def answer_request(self, procedure_id: int, request_id: str, value: Any) -> dict[str, Any]:
+        body = {"request_id": request_id, "value": value}
+        return self._request("POST", f"/procedures/{procedure_id}/request", body)["request"]
+
     def list_activities(self) -> list[dict[str, Any]]:
         return self._request("GET", "/activities")["activities"]
 

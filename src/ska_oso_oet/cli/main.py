@@ -1,6 +1,6 @@
 """``oet``: command-line client of the OET REST API.
 
-    oet [--server-url URL] procedure create|list|start|stop|describe
+    oet [--server-url URL] procedure create|list|start|stop|describe|pause|resume|answer
     oet [--server-url URL] activity run|list|describe
     oet [--server-url URL] listen
 
@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from .args import normalise_flags
-from .commands import activities, events, procedures
+from .commands import activities, events, operator, procedures
 from .commands.common import CliState
 from .http import DEFAULT_URL
 
@@ -46,6 +46,8 @@ app.add_typer(procedure_app, name="procedure")
 app.add_typer(activity_app, name="activity")
 app.command("listen")(events.listen)
 procedures.register(app, rich_help_panel="Procedure commands (short forms)")
+operator.register(procedure_app)
+operator.register(app, rich_help_panel="Procedure commands (short forms)")
 
 
 @app.callback()

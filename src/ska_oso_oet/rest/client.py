@@ -91,6 +91,23 @@ class DeviceClient(abc.ABC):
         """Ask the device to stop a running procedure (STOPPED follows as events)."""
 
     @abc.abstractmethod
+    async def pause_procedure(
+        self, procedure_id: int, immediate: bool, requested_by: str | None = None
+    ) -> None:
+        """Ask the device to pause a running procedure (PAUSED follows at its next checkpoint;
+        at once with ``immediate``)."""
+
+    @abc.abstractmethod
+    async def resume_procedure(self, procedure_id: int, requested_by: str | None = None) -> None:
+        """Ask the device to resume a PAUSED procedure (RUNNING follows as an event)."""
+
+    @abc.abstractmethod
+    async def answer_request(
+        self, procedure_id: int, request_id: str, value: Any, requested_by: str | None = None
+    ) -> dict[str, Any]:
+        """Answer the question a script asks; returns the closed request as recorded."""
+
+    @abc.abstractmethod
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         """One summary; ``OET_NOT_FOUND`` when the id is unknown."""
 
@@ -367,6 +384,23 @@ class TangoDeviceClient(DeviceClient):
     ) -> None:
         body = {"procedure_id": procedure_id, "run_abort": run_abort}
         await self._lrc("Stop", _audited(body, requested_by))
+
+    async def pause_procedure(
+        self, procedure_id: int, immediate: bool, requested_by: str | None = None
+    ) -> None:
+        body = {"procedure_id": procedure_id, "immediate": immediate}
+        await self._lrc("Pause", _audited(body, requested_by))
+
+    async def resume_procedure(self, procedure_id: int, requested_by: str | None = None) -> None:
+        await self._lrc("Resume", _audited({"procedure_id": procedure_id}, requested_by))
+
+    async def answer_request(
+        self, procedure_id: int, request_id: str, value: Any, requested_by: str | None = None
+    ) -> dict[str, Any]:
+        body = {"procedure_id": procedure_id, "request_id": request_id, "value": value}
+        return _loads(
+            await self._command("Answer", json.dumps(_audited(body, requested_by))), "Answer"
+        )
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")

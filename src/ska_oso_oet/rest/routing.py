@@ -198,6 +198,24 @@ class RoutedClient(DeviceClient):
         device = await self._owner("procedure", procedure_id)
         await self.devices[device].stop_procedure(procedure_id, run_abort, requested_by)
 
+    async def pause_procedure(
+        self, procedure_id: int, immediate: bool, requested_by: str | None = None
+    ) -> None:
+        device = await self._owner("procedure", procedure_id)
+        await self.devices[device].pause_procedure(procedure_id, immediate, requested_by)
+
+    async def resume_procedure(self, procedure_id: int, requested_by: str | None = None) -> None:
+        device = await self._owner("procedure", procedure_id)
+        await self.devices[device].resume_procedure(procedure_id, requested_by)
+
+    async def answer_request(
+        self, procedure_id: int, request_id: str, value: Any, requested_by: str | None = None
+    ) -> dict[str, Any]:
+        device = await self._owner("procedure", procedure_id)
+        return await self.devices[device].answer_request(
+            procedure_id, request_id, value, requested_by
+        )
+
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         _, summary = await self._find(
             "procedure", procedure_id, lambda c: c.get_procedure(procedure_id)

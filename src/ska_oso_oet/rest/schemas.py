@@ -90,7 +90,8 @@ class CreateProcedureRequest(BaseModel):
 
 
 class UpdateProcedureRequest(BaseModel):
-    """Body of ``PUT /procedures/{id}``: start (``RUNNING``) or stop (``STOPPED``).
+    """Body of ``PUT /procedures/{id}``: start (``RUNNING``), stop (``STOPPED``), pause
+    (``PAUSED``, with ``immediate`` to freeze at once) or resume (``RUNNING`` when PAUSED).
 
     Other keys are ignored: older clients PUT the whole procedure back with a new state."""
 
@@ -101,12 +102,43 @@ class UpdateProcedureRequest(BaseModel):
             "examples": [
                 {"state": "RUNNING", "script_args": {"main": {"args": [], "kwargs": {}}}},
                 {"state": "STOPPED", "abort": False},
+                {"state": "PAUSED", "immediate": False},
             ]
         },
     )
     state: Literal[tuple(s.value for s in ProcedureState)]  # type: ignore[valid-type]
     script_args: dict[str, FunctionArgs] | None = None
     abort: bool = False
+    #: With PAUSED: freeze the script's processes at once (SIGSTOP) instead of pausing at
+    #: its next checkpoint (docs/scripts.md says why that is dangerous).
+    immediate: bool = False
+
+
+class AnswerRequest(BaseModel):
+    """Body of ``POST /procedures/{id}/request``: the answer to the script's question."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"request_id": "1", "value": "yes"}]}
+    )
+    #: The ``id`` of the pending request (``GET /procedures/{id}/request``).
+    request_id: str = Field(min_length=1, max_length=64)
+    #: The answer: one of the request's choices when it has any.
+    value: str | int | float | bool | None
+
+
+class InputRequest(BaseModel):
+    """A question a script asks the operator, or how it ended (``outcome``)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    procedure_id: int | None = None
+    prompt: str | None = None
+    choices: list[Any] | None = None
+
+
+class InputRequestResponse(BaseModel):
+    #: None when the procedure waits for no answer.
+    request: InputRequest | None
 
 
 class History(BaseModel):

@@ -52,6 +52,9 @@ class RestSettings(BaseSettings):
     start_wait_seconds: float = Field(60.0, ge=0)
     #: How long ``PUT state=STOPPED`` waits for the procedure to reach a final state.
     stop_wait_seconds: float = Field(30.0, ge=0)
+    #: How long ``PUT state=PAUSED`` / ``RUNNING`` (resume) waits for the script to get there
+    #: (a pause waits for the script's next checkpoint); the answer then has the state reached.
+    pause_wait_seconds: float = Field(5.0, ge=0)
     #: Seconds uvicorn gives open connections (SSE streams) when shutting down.
     shutdown_grace_seconds: float = Field(2.0, ge=0)
     log_level: str = "info"

@@ -857,7 +857,9 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     )
     def Answer(self, argin: str) -> str:
         """Answer a question a script asked (see inputRequest)."""
-        body = self._decode(argin, "Answer", {"procedure_id", "request_id", "value", "requested_by"})
+        body = self._decode(
+            argin, "Answer", {"procedure_id", "request_id", "value", "requested_by"}
+        )
         service = self._engine("Answer")
         pid = self._procedure_id(body, "Answer")
         if pid is None:

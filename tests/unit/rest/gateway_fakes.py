@@ -134,6 +134,31 @@ class FakeDevice(DeviceClient):
         self._get(procedure_id)["audit"].append(_audit(action, requested_by))
         self.finish(procedure_id, "STOPPED")
 
+    async def pause_procedure(
+        self, procedure_id: int, immediate: bool, requested_by: str | None = None
+    ) -> None:
+        self._check("Pause", {"procedure_id": procedure_id, "immediate": immediate})
+        if self._get(procedure_id)["state"] != "RUNNING":
+            raise GatewayError(errors.STATE_CONFLICT, f"procedure {procedure_id} is not RUNNING")
+        self.set_state(procedure_id, "PAUSED")
+
+    async def resume_procedure(self, procedure_id: int, requested_by: str | None = None) -> None:
+        self._check("Resume", {"procedure_id": procedure_id})
+        if self._get(procedure_id)["state"] != "PAUSED":
+            raise GatewayError(errors.STATE_CONFLICT, f"procedure {procedure_id} is not PAUSED")
+        self.set_state(procedure_id, "RUNNING")
+
+    async def answer_request(
+        self, procedure_id: int, request_id: str, value: Any, requested_by: str | None = None
+    ) -> dict[str, Any]:
+        self._check("Answer", {"procedure_id": procedure_id, "request_id": request_id})
+        summary = self._get(procedure_id)
+        pending = summary.get("request")
+        if not pending or pending["id"] != request_id:
+            raise GatewayError(errors.STATE_CONFLICT, f"request {request_id} is not pending")
+        summary["request"] = None
+        return {**pending, "outcome": "answered", "value": value, "user": requested_by}
+
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         self._check("GetProcedure", procedure_id)
         return copy.deepcopy(self._get(procedure_id))

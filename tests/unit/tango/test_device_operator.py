@@ -50,7 +50,9 @@ def test_pause_at_a_checkpoint_and_resume(device, script_dir) -> None:
     with EventTracer(device, ["lastEvent", "Status"]) as tracer:
         device.Start(json.dumps({"procedure_id": pid}))
         tracer.wait_for(lambda v: "passed 2" in v, "lastEvent")
-        paused = LrcClient(device).invoke("Pause", json.dumps({"procedure_id": pid, "requested_by": "op"}))
+        paused = LrcClient(device).invoke(
+            "Pause", json.dumps({"procedure_id": pid, "requested_by": "op"})
+        )
         assert paused.statuses[-1] == TaskStatus.COMPLETED, paused
         assert json.loads(paused.result[1])["state"] == "PAUSED"
         tracer.wait_for(lambda v: "procedure.lifecycle.paused" in v, "lastEvent")

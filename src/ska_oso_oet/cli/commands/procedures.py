@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from ...vocabulary import STARTABLE_STATES, ProcedureState
+from ...vocabulary import HOLDING_STATES, STARTABLE_STATES
 from .. import exit_codes
 from ..args import parse_bool, parse_value, split_script_args
 from ..errors import CliError, reporting_errors
 from ..formatting import describe as describe_report
-from ..formatting import event_line, procedure_table
+from ..formatting import procedure_table
 from .common import EXTRA_ARGS, state_of
+from .operator import AskOption, Follower, asking
 
 ENDINGS = {
     "procedure.lifecycle.complete": exit_codes.SUCCESS,
@@ -107,6 +108,7 @@ def start(
             "--listen", metavar="BOOL", help="Follow the events until the procedure ends [True]."
         ),
     ] = None,
+    ask: AskOption = None,
 ) -> None:
     """Run the main function of a procedure (by default the last one created).
 
@@ -115,7 +117,9 @@ def start(
         oet start --pid=3 hello --foo=bar      # main("hello", foo="bar")
 
     Unless --listen=False, events are shown until the procedure ends; Ctrl-C stops following
-    (the procedure keeps running). The exit status is 8 if it ends FAILED or STOPPED.
+    (the procedure keeps running). The exit status is 8 if it ends FAILED or STOPPED. Questions
+    the script asks are prompted for (on a terminal, or with --ask=true) and its progress is
+    shown as a bar (plain lines when the output is not a terminal).
     """
     http = state_of(ctx).http
     follow = parse_bool(listen, "--listen", True)
@@ -151,13 +155,16 @@ def start(
         start_and_show()
         typer.echo("\nEvents\n------\n")
 
+    follower = Follower(http, asking(ask), pid)
     try:
         for event in http.events(on_open=on_open):
-            typer.echo(event_line(event))
+            follower.show(event)
             if event.get("topic") in ENDINGS and event.get("procedure_id") == pid:
                 raise typer.Exit(ENDINGS[event["topic"]])
     except KeyboardInterrupt:
         typer.echo(f"\nStopped following events; procedure {pid} continues.", err=True)
+    finally:
+        follower.close()
 
 
 @reporting_errors
@@ -178,7 +185,7 @@ def stop(
     http = state_of(ctx).http
     abort = parse_bool(run_abort, "--run_abort", False)
     if pid is None:
-        running = [p for p in http.list_procedures() if p["state"] == ProcedureState.RUNNING]
+        running = [p for p in http.list_procedures() if p["state"] in HOLDING_STATES]
         if not running:
             typer.echo("No procedures to stop")
             return

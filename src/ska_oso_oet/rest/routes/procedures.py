@@ -19,7 +19,9 @@ from ..auth import Operator, Viewer
 from ..deps import ClientDep, SettingsDep
 from ..errors import GatewayError
 from ..schemas import (
+    AnswerRequest,
     CreateProcedureRequest,
+    InputRequestResponse,
     ProcedureListResponse,
     ProcedureResponse,
     StopResponse,
@@ -106,12 +108,18 @@ async def update_procedure(
     settings: SettingsDep,
     caller: Operator,
 ) -> dict[str, Any]:
-    """Start (``"state": "RUNNING"``, with ``script_args.main``) or stop (``"state": "STOPPED"``,
-    ``"abort": true`` to run the abort script afterwards) a procedure."""
+    """Start (``"state": "RUNNING"``, with ``script_args.main``), stop (``"state": "STOPPED"``,
+    ``"abort": true`` to run the abort script afterwards), pause (``"state": "PAUSED"``: at the
+    script's next checkpoint, or at once with ``"immediate": true``) or resume (``"state":
+    "RUNNING"`` of a PAUSED procedure) a procedure. Pause and resume answer once the state is
+    reached, or after ``pause_wait_seconds`` with the state then (a pause still pending)."""
     summary = await client.get_procedure(procedure_id)
     if body.state == "STOPPED":
         wait = settings.stop_wait_seconds
         return {"abort_message": await _stop(client, wait, summary, body, caller.user)}
+    if body.state == "PAUSED" or (body.state == "RUNNING" and summary["state"] == "PAUSED"):
+        summary = await pause_or_resume(client, settings, summary, body, caller.user)
+        return {"procedure": public_summary(request, summary)}
     if body.state == summary["state"]:
         return {"procedure": public_summary(request, summary)}
     if body.state != "RUNNING":
@@ -120,7 +128,7 @@ async def update_procedure(
         raise GatewayError(
             errors.STATE_CONFLICT,
             f"Cannot set state {body.state} on procedure {procedure_id} ({summary['state']}): "
-            "only RUNNING and STOPPED can be requested",
+            "only RUNNING, PAUSED and STOPPED can be requested",
         )
     if summary["state"] in PREPARING_STATES:
         await client.wait_for_state(
@@ -129,6 +137,63 @@ async def update_procedure(
     script_args = body.model_dump(mode="json", exclude_unset=True).get("script_args")
     summary = await client.start_procedure(procedure_id, script_args, requested_by=caller.user)
     return {"procedure": public_summary(request, summary)}
+
+
+async def pause_or_resume(
+    client: ClientDep,
+    settings: SettingsDep,
+    summary: dict[str, Any],
+    body: UpdateProcedureRequest,
+    requested_by: str | None = None,
+) -> dict[str, Any]:
+    """PUT state=PAUSED / RUNNING-from-PAUSED, shared by every API version: ask the device,
+    then wait (``pause_wait_seconds``) for the state; returns the summary as it is then."""
+    procedure_id = summary["id"]
+    if body.state == "PAUSED":
+        if summary["state"] == "PAUSED" and not body.immediate:
+            return summary
+        if summary["state"] not in ("RUNNING", "PAUSED"):
+            raise GatewayError(
+                errors.STATE_CONFLICT,
+                f"Cannot pause procedure {procedure_id}: it is {summary['state']}, not RUNNING",
+            )
+        await client.pause_procedure(procedure_id, body.immediate, requested_by)
+        wanted = {ProcedureState.PAUSED, *FINAL_STATES}
+    else:
+        await client.resume_procedure(procedure_id, requested_by)
+        wanted = {ProcedureState.RUNNING, *FINAL_STATES}
+    return await client.wait_for_state(procedure_id, wanted, settings.pause_wait_seconds)
+
+
+@router.get(
+    "/{procedure_id}/request",
+    response_model=InputRequestResponse,
+    responses=error_responses(400, 404, 503),
+)
+async def get_request(procedure_id: int, client: ClientDep, _: Viewer) -> dict[str, Any]:
+    """The question the procedure's script waits on (``ask``/``input``), or null."""
+    return {"request": (await client.get_procedure(procedure_id)).get("request")}
+
+
+@router.post(
+    "/{procedure_id}/request",
+    response_model=InputRequestResponse,
+    responses=error_responses(400, 404, 409, 503),
+)
+async def post_answer(
+    procedure_id: int, body: AnswerRequest, client: ClientDep, caller: Operator
+) -> dict[str, Any]:
+    """Answer the script's pending question (recorded with the caller's user). 400 when the
+    value is not one of its choices; 409 when ``request_id`` is not pending any more
+    (answered, timed out) or never was."""
+    return {"request": await answer_request(client, procedure_id, body, caller.user)}
+
+
+async def answer_request(
+    client: ClientDep, procedure_id: int, body: AnswerRequest, requested_by: str | None = None
+) -> dict[str, Any]:
+    """POST /procedures/{id}/request, shared by every API version."""
+    return await client.answer_request(procedure_id, body.request_id, body.value, requested_by)
 
 
 async def _stop(
