@@ -116,6 +116,8 @@ PROPERTY_SETTINGS = {
 PROPERTY_NAMES.update({setting: prop for prop, setting in PROPERTY_SETTINGS.items()})
 
 _ENDED = {"COMPLETE", "STOPPED", "FAILED"}
+#: Longest answer to a script's question (JSON characters): answers are recorded in history.
+MAX_ANSWER_CHARS = 4096
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
 #: Largest command argument (JSON text) accepted; far above any real request.
@@ -144,6 +146,8 @@ PROCEDURE_LEDS = {
     **dict.fromkeys(PREPARING_STATES, DevState.INIT),
     ProcedureState.READY: DevState.ON,
     ProcedureState.RUNNING: DevState.RUNNING,
+    # held by an operator: waiting, still holding the subarray
+    ProcedureState.PAUSED: DevState.STANDBY,
     ProcedureState.COMPLETE: DevState.ON,
     ProcedureState.STOPPED: DevState.OFF,
     ProcedureState.FAILED: DevState.FAULT,
@@ -459,7 +463,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         if not self._view.states:
             return ProcedureStateEnum.NONE
         if self._view.running_id:
-            return ProcedureStateEnum.RUNNING
+            paused = self._view.state_of(self._view.running_id) == ProcedureState.PAUSED
+            return ProcedureStateEnum.PAUSED if paused else ProcedureStateEnum.RUNNING
         return ProcedureStateEnum[self._view.states[-1]]
 
     def condition(self) -> tuple[DevState, str, HealthState]:
@@ -805,13 +810,13 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._lrc_reply("Pause", self._pause, argin)
 
     def _pause(self, argin: str) -> list[Any]:
-        body = self._decode(argin, "Pause", {"procedure_id", "immediate", "requested_by"})
+        body = self._decode(argin, "Pause", {"procedure_id", "immediate"})
         service = self._engine("Pause")
         pid = self._procedure_id(body, "Pause")
         immediate = body.get("immediate", False)
         if not isinstance(immediate, bool):
             self._fail("OET_INVALID_REQUEST", "immediate must be true or false", "Pause")
-        user = self._user(body, "Pause")
+        user = self._requester(body, "Pause")
         command_id = generate_command_id("Pause")
         summary = self._accept("Pause", service.pause, pid, immediate=immediate, user=user)
         return self._begin(command_id, "Pause", summary["id"], [])
@@ -827,10 +832,10 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return self._lrc_reply("Resume", self._resume, argin)
 
     def _resume(self, argin: str) -> list[Any]:
-        body = self._decode(argin, "Resume", {"procedure_id", "requested_by"})
+        body = self._decode(argin, "Resume", {"procedure_id"})
         service = self._engine("Resume")
         pid = self._procedure_id(body, "Resume")
-        user = self._user(body, "Resume")
+        user = self._requester(body, "Resume")
         command_id = generate_command_id("Resume")
         summary = self._accept("Resume", service.resume, pid, user=user)
         self.submit(self._withdraw_pause, summary["id"])
@@ -857,9 +862,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     )
     def Answer(self, argin: str) -> str:
         """Answer a question a script asked (see inputRequest)."""
-        body = self._decode(
-            argin, "Answer", {"procedure_id", "request_id", "value", "requested_by"}
-        )
+        body = self._decode(argin, "Answer", {"procedure_id", "request_id", "value"})
         service = self._engine("Answer")
         pid = self._procedure_id(body, "Answer")
         if pid is None:
@@ -871,18 +874,16 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
             self._fail("OET_INVALID_REQUEST", "request_id is required (a string)", "Answer")
         if "value" not in body:
             self._fail("OET_INVALID_REQUEST", "value is required", "Answer")
-        user = self._user(body, "Answer")
+        if len(dumps(body["value"])) > MAX_ANSWER_CHARS:
+            self._fail(
+                "OET_INVALID_REQUEST",
+                f"value is longer than {MAX_ANSWER_CHARS} characters as JSON",
+                "Answer",
+            )
+        user = self._requester(body, "Answer")
         return dumps(
             self._call("Answer", service.answer, pid, request_id, body["value"], user=user)
         )
-
-    def _user(self, body: dict[str, Any], origin: str) -> str | None:
-        user = body.get("requested_by")
-        if user is not None and (not isinstance(user, str) or len(user) > 256):
-            self._fail(
-                "OET_INVALID_REQUEST", "requested_by must be a string of at most 256", origin
-            )
-        return user
 
     @command(
         dtype_in=str,
@@ -956,7 +957,7 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         max_dim_x=ProcedureView.MAX_LISTED,
         doc="States of the procedures in the history window (aligned with procedureIds) as "
         "Tango states, for LED widgets: RUNNING running, ON ready/complete, INIT loading, "
-        "FAULT failed, OFF stopped.",
+        "FAULT failed, OFF stopped, STANDBY paused.",
     )
     def procedureLeds(self) -> list[DevState]:
         return self._leds()
