@@ -222,7 +222,7 @@ def test_put_of_a_state_the_procedure_cannot_be_moved_to_is_409(client, device):
     pid = create(client)["id"]
     response = client.put(f"{BASE}/procedures/{pid}", json={"state": "COMPLETE"})
     assert response.status_code == 409
-    assert "only RUNNING and STOPPED" in response.json()["Message"]
+    assert "only RUNNING, PAUSED and STOPPED" in response.json()["Message"]
 
 
 def test_unreachable_device_is_503(client, device):
