@@ -33,10 +33,12 @@ from .hub import HubEvent
 from .routes import activities, procedures, stream
 from .schemas import (
     ActivitySummary,
+    AnswerRequest,
     CreateActivityRequest,
     CreateProcedureRequest,
     FunctionArgs,
     GitArgs,
+    InputRequest,
     ProcedureSummary,
     StopResponse,
     UpdateProcedureRequest,
@@ -96,6 +98,8 @@ class ProcedurePutRequest(BaseModel):
     script_args: dict[str, FunctionArgs] | None = None
     state: Literal[tuple(s.value for s in ProcedureState)] | None = None  # type: ignore[valid-type]
     abort: bool = False
+    #: With PAUSED: freeze at once instead of at the next checkpoint (docs/scripts.md).
+    immediate: bool = False
 
 
 router = APIRouter()
@@ -137,13 +141,30 @@ async def update_procedure(
     settings: SettingsDep,
     caller: Operator,
 ) -> Any:
-    """``state: RUNNING`` starts a READY procedure, ``state: STOPPED`` stops it (``abort``
-    then runs the abort script); anything else answers the current summary."""
-    if body.state not in ("RUNNING", "STOPPED"):
+    """``state: RUNNING`` starts a READY procedure (or resumes a PAUSED one), ``state:
+    STOPPED`` stops it (``abort`` then runs the abort script), ``state: PAUSED`` pauses it at
+    its next checkpoint (``immediate``: at once); anything else answers the current summary."""
+    if body.state not in ("RUNNING", "STOPPED", "PAUSED"):
         return await get_procedure(procedure_id, request, client, caller)
     v1 = UpdateProcedureRequest.model_validate(body.model_dump(mode="json", exclude_unset=True))
     answer = await procedures.update_procedure(procedure_id, v1, request, client, settings, caller)
     return answer.get("procedure", answer)
+
+
+@router.get(
+    "/procedures/{procedure_id}/request", response_model=InputRequest | None, tags=["procedures"]
+)
+async def get_request(procedure_id: int, client: ClientDep, caller: Viewer) -> Any:
+    """The question the procedure's script waits on, or null."""
+    return (await procedures.get_request(procedure_id, client, caller))["request"]
+
+
+@router.post("/procedures/{procedure_id}/request", response_model=InputRequest, tags=["procedures"])
+async def post_answer(
+    procedure_id: int, body: AnswerRequest, client: ClientDep, caller: Operator
+) -> Any:
+    """Answer the script's pending question (409 when it is no longer pending)."""
+    return (await procedures.post_answer(procedure_id, body, client, caller))["request"]
 
 
 @router.get("/activities/", response_model=list[ActivitySummary], tags=["activities"])

@@ -186,3 +186,33 @@ def test_cli_start_prompts_and_shows_progress(stack):
         progress = oet(stack, "start", f"--pid={counted}", "--count=2", "--interval=0")
         assert progress.returncode == 0, progress.stdout + progress.stderr
         assert f"- Procedure {counted} progress: 2/2 (100%) step 2" in progress.stdout
+
+
+def test_v7_pause_resume_and_answer(stack):
+    """The v7 API runs the same shared logic: PUT state PAUSED/RUNNING, the request routes."""
+    import httpx
+
+    v7_url = stack.url.replace("/api/v1.0", "/ska-oso-oet/oet/api/v7")
+    with (
+        stack.http() as http,
+        httpx.Client(base_url=v7_url, timeout=30) as v7,
+        EventStream(stack.url) as events,
+    ):
+        loop = create(http, stack, "checkpoints.py")
+        start(http, loop)
+        paused = v7.put(f"/procedures/{loop}", json={"state": "PAUSED"})
+        assert paused.status_code == 200 and paused.json()["state"] == "PAUSED", paused.text
+        resumed = v7.put(f"/procedures/{loop}", json={"state": "RUNNING"})
+        assert resumed.json()["state"] == "RUNNING"
+        v7.put(f"/procedures/{loop}", json={"state": "STOPPED"})
+        wait_final(events, loop)
+
+        pid = create(http, stack, "asks.py")
+        start(http, pid)
+        events.wait_for(is_event("procedure.request.opened", pid))
+        request = v7.get(f"/procedures/{pid}/request").json()
+        answered = v7.post(
+            f"/procedures/{pid}/request", json={"request_id": request["id"], "value": "ok"}
+        )
+        assert answered.status_code == 200 and answered.json()["outcome"] == "answered"
+        assert wait_final(events, pid)["topic"] == "procedure.lifecycle.complete"
