@@ -349,8 +349,10 @@ class OetClient:
         (_,), (command_id,) = self.proxy.Start(json.dumps(body))
         return command_id
 
-    def stop(self, procedure_id: int | None = None) -> str:
-        body = {} if procedure_id is None else {"procedure_id": procedure_id}
+    def stop(self, procedure_id: int | None = None, grace: float | None = None) -> str:
+        body: dict[str, Any] = {} if procedure_id is None else {"procedure_id": procedure_id}
+        if grace is not None:
+            body["grace"] = grace
         (_,), (command_id,) = self.proxy.Stop(json.dumps(body))
         return command_id
 
@@ -424,10 +426,10 @@ class OetClient:
             phases["READY->client"] = self.last_sent_wall + elapsed - ready_at
         return phases
 
-    def stop_and_wait(self, procedure_id: int) -> float:
+    def stop_and_wait(self, procedure_id: int, grace: float | None = None) -> float:
         start = self.events.mark()
         sent = time.perf_counter()
-        self.stop(procedure_id)
+        self.stop(procedure_id, grace)
         arrival, _ = self.wait_state(procedure_id, "STOPPED", start)
         return arrival - sent
 

@@ -63,6 +63,7 @@ TITLES = {
 PART_TITLES = {
     "start_to_complete_noop": "Start -> COMPLETE (no-op script)",
     "ignores_sigterm": "Stop -> STOPPED (ignores SIGTERM)",
+    "forced_grace_0": "forced Stop (grace 0) -> STOPPED (ignores SIGTERM)",
     "command": "GetProcedure command round trip",
     "read": "attribute read round trip",
     "sse": "20,000 announces -> SSE client",

@@ -137,18 +137,20 @@ def p2_start(dev: OetClient, base: Baseline, plan: Plan) -> dict[str, Any]:
     return combine(main, {"start_to_complete_noop": done})
 
 
-def _stop_sample(dev: OetClient, script: str, settle: float) -> float:
+def _stop_sample(dev: OetClient, script: str, settle: float, grace: float | None = None) -> float:
     pid, _ = dev.prepare_ready(script_uri(script))
     start = dev.events.mark()
     dev.start(pid)
     dev.wait_state(pid, "RUNNING", start)
     time.sleep(settle)  # let main reach its loop (and install its SIGTERM handler)
-    return dev.stop_and_wait(pid)
+    return dev.stop_and_wait(pid, grace)
 
 
 def p3_stop(dev: OetClient, base: Baseline, plan: Plan) -> dict[str, Any]:
     honours = [_stop_sample(dev, "loop.py", plan.pace) for _ in range(plan.n)]
     ignores = [_stop_sample(dev, "ignore_sigterm.py", 0.05) for _ in range(plan.ignore_sigterm)]
+    # a forced stop (grace 0: SIGKILL at once) of the script that ignores SIGTERM
+    forced = [_stop_sample(dev, "ignore_sigterm.py", 0.05, grace=0) for _ in range(plan.n)]
     floor = [base.ping_event() for _ in range(plan.n)]
     kind = "bare Tango command -> change event (minimal device)"
     grace_ms = STOP_GRACE_SECONDS * 1000
@@ -163,7 +165,14 @@ def p3_stop(dev: OetClient, base: Baseline, plan: Plan) -> dict[str, Any]:
         baseline_kind=kind,
         grace_ms=grace_ms,
     )
-    return combine(main, {"ignores_sigterm": ignoring})
+    killed = latency(
+        forced,
+        baseline=floor,
+        target_ms=20,
+        target="median <= 20 ms whatever the script does",
+        baseline_kind=kind,
+    )
+    return combine(main, {"ignores_sigterm": ignoring, "forced_grace_0": killed})
 
 
 def p4_too_switch(dev: OetClient, base: Baseline, plan: Plan) -> dict[str, Any]:
