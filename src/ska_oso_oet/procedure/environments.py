@@ -62,7 +62,7 @@ from .dependencies import (
     read_dependency_spec,
     requirements_spec,
 )
-from .filelock import FileLock
+from .filelock import FileLock, touch
 from .runner import run_command, wait_for_lock
 
 __all__ = [
@@ -234,7 +234,7 @@ class EnvironmentLease:
     def release(self) -> None:
         """Give the environment back (idempotent); its last-use time becomes now."""
         if self._lock.held:
-            _touch(self._lock.path)
+            touch(self._lock.path)
             self._lock.release()
 
     def __enter__(self) -> EnvironmentLease:
@@ -492,7 +492,7 @@ class EnvironmentCache:
         if path is None:
             lock.release()
             return None
-        _touch(lock.path)
+        touch(lock.path)
         return EnvironmentLease(key, path, lock, built, time.monotonic() - started)
 
     def _wait_for(
@@ -747,11 +747,6 @@ def _emit(on_progress: ProgressCallback | None, progress: Progress) -> None:
         on_progress(progress)
     except Exception:  # a broken listener must not break the build
         LOGGER.exception("environment output callback failed")
-
-
-def _touch(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.utime(path)
 
 
 def _mtime(path: Path) -> float:

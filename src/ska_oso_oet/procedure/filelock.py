@@ -7,6 +7,7 @@ their slow, shared work (fetching, building) and marks environments in use.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -129,3 +130,15 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+def touch(path: Path) -> None:
+    """Set ``path``'s modification time to now, precisely: it records a lease's last use.
+
+    An explicit time rather than ``utime``'s default, which the kernel takes from a coarse clock
+    (a few ms): two uses in quick succession (uv builds an environment in milliseconds) would
+    tie and a least-recently-used order would fall back to names.
+    """
+    now = time.time_ns()
+    with contextlib.suppress(OSError):  # gone with an eviction: nothing to record
+        os.utime(path, ns=(now, now))

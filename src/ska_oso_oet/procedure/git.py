@@ -54,7 +54,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from .domain import GitArgs, GitScript
 from .errors import InvalidRequest, OetError
-from .filelock import FileLock
+from .filelock import FileLock, touch
 from .runner import run_command, wait_for_lock
 
 LOGGER = logging.getLogger(__name__)
@@ -478,7 +478,7 @@ class GitCache:
         lease = FileLock(repo_dir / "leases" / commit, shared=True)
         if not lease.acquire(timeout=max(deadline.at - time.monotonic(), 0.0)):
             raise GitTimeout(f"timed out after {self.timeout:g} s waiting for an eviction")
-        os.utime(lease.path)
+        touch(lease.path)
         return lease
 
     def resolve(self, git_args: GitArgs) -> str:
