@@ -35,6 +35,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -227,11 +228,14 @@ def _log_file(data_dir: Path, name: str) -> Any:
 
 
 def start_database(
-    data_dir: Path, host: str, port: int, env: dict[str, str]
+    data_dir: Path,
+    host: str,
+    port: int,
+    env: dict[str, str],
+    devices: dict[str, dict[str, list[str]]] | None = None,
 ) -> tuple[subprocess.Popen, int]:
-    """Start PyDatabaseds on sqlite; return the process and its port once it answers."""
-    import tango
-
+    """Start PyDatabaseds on sqlite; return the process and its port once it answers ``get_info``
+    (and, given ``devices``, holds them: see :func:`register_devices`)."""
     db_env = {**env, "PYTANGO_DATABASE_NAME": str(data_dir / "tango_database.db")}
     log_path = data_dir / "databaseds.log"
     with log_path.open("wb") as log:
@@ -261,27 +265,73 @@ def start_database(
         else:
             _check_alive(process, "PyDatabaseds", log_path, deadline)
             time.sleep(0.05)  # waiting for a child's start-up line
-    while True:
+    try:
+        _probe(
+            ["database", f"{host}:{actual}"],
+            _registration(devices or {}),
+            lambda: _check_alive(process, "PyDatabaseds", log_path, deadline),
+        )
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, actual
+
+
+def _registration(devices: dict[str, dict[str, list[str]]]) -> str:
+    """The JSON of :mod:`.stack_probe` that declares ``devices`` in ``OETDeviceServer/oet``."""
+    return json.dumps(
+        {
+            name: {**properties, "__class_server__": [DEVICE_CLASS, f"{SERVER}/{INSTANCE}"]}
+            for name, properties in devices.items()
+        }
+    )
+
+
+def _probe(
+    args: Sequence[str], stdin: str, check: Callable[[], None], stopping: Any = None
+) -> None:
+    """Run :mod:`.stack_probe` (the parent never imports ``tango``: it would cost it 50 MiB)
+    until it exits; ``check`` raises when what it waits for has failed, ``stopping`` makes it
+    give up. RuntimeError when the probe fails."""
+    # stderr to a file, not a pipe: a chatty probe must not block on it
+    with tempfile.TemporaryFile() as errors:
+        probe = subprocess.Popen(
+            guarded([sys.executable, "-m", "ska_oso_oet.stack_probe", *args]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         try:
-            tango.Database(host, actual).get_info()
-            return process, actual
-        except tango.DevFailed:
-            _check_alive(process, "PyDatabaseds", log_path, deadline)
-            time.sleep(0.1)
+            assert probe.stdin is not None
+            probe.stdin.write(stdin.encode())
+            probe.stdin.close()
+            while True:
+                try:
+                    code = probe.wait(0.02)
+                    break
+                except subprocess.TimeoutExpired:
+                    check()
+                    if stopping is not None and stopping.is_set():
+                        raise RuntimeError(f"stopping while waiting for {args[0]}") from None
+            if code != 0:
+                errors.seek(0)
+                reason = errors.read().decode(errors="replace").strip().splitlines()
+                raise RuntimeError(f"{args[0]} check failed: {reason[-1] if reason else code}")
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait()
 
 
 def register_devices(tango_host: str, devices: dict[str, dict[str, list[str]]]) -> None:
     """Declare the devices of ``OETDeviceServer/oet`` and their properties."""
-    import tango
+    deadline = time.monotonic() + START_TIMEOUT
 
-    host, port = tango_host.rsplit(":", 1)
-    db = tango.Database(host, int(port))
-    for name, properties in devices.items():
-        info = tango.DbDevInfo()
-        info.name, info._class, info.server = name, DEVICE_CLASS, f"{SERVER}/{INSTANCE}"
-        db.add_device(info)
-        if properties:
-            db.put_device_property(name, properties)
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Tango database at {tango_host} did not answer")
+
+    _probe(["database", tango_host], _registration(devices), check)
 
 
 def start_device_server(data_dir: Path, host: str, env: dict[str, str]) -> subprocess.Popen:
@@ -313,22 +363,19 @@ def wait_for_devices(
 ) -> None:
     """Until every device answers; RuntimeError if the server exits, is not ready within
     START_TIMEOUT, or ``stopping`` is set."""
-    import tango
-
-    stopping = stopping or threading.Event()
     deadline = time.monotonic() + START_TIMEOUT
-    for name in devices:
-        proxy = None
-        while True:
-            try:
-                proxy = proxy or tango.DeviceProxy(f"tango://{tango_host}/{name}")
-                proxy.ping()
-                proxy.state()
-                break
-            except tango.DevFailed:
-                _check_alive(process, SERVER, data_dir / "OETDeviceServer.log", deadline)
-                if stopping.wait(0.1):
-                    raise RuntimeError(f"stopping while {SERVER} starts") from None
+    log = data_dir / "OETDeviceServer.log"
+    try:
+        _probe(
+            ["devices", tango_host, *devices],
+            "",
+            lambda: _check_alive(process, SERVER, log, deadline),
+            stopping,
+        )
+    except RuntimeError as exc:
+        if stopping is not None and stopping.is_set():
+            raise RuntimeError(f"stopping while {SERVER} starts") from exc
+        raise
 
 
 def _check_alive(process: subprocess.Popen, name: str, log: Path, deadline: float) -> None:
@@ -532,16 +579,14 @@ def start_registered_database(
 ) -> tuple[str, list[str]]:
     """Start the Tango database and register the devices of ``options`` in it (no server
     yet). Sets ``env["TANGO_HOST"]``; returns it and the device names."""
-    db_process, port = start_database(options.data_dir, options.host, options.port, env)
+    devices = load_devices(options.config, options.subarrays)
+    properties = {name: device_properties(props, name, options) for name, props in devices.items()}
+    # one probe sees the database answer and registers the devices
+    db_process, port = start_database(options.data_dir, options.host, options.port, env, properties)
     stack.add(DATABASE, db_process)
     tango_host = f"{options.host}:{port}"
     LOGGER.info("Tango database (PyDatabaseds, pid %d) at %s", db_process.pid, tango_host)
     env["TANGO_HOST"] = tango_host
-    devices = load_devices(options.config, options.subarrays)
-    register_devices(
-        tango_host,
-        {name: device_properties(props, name, options) for name, props in devices.items()},
-    )
     return tango_host, list(devices)
 
 
