@@ -62,6 +62,7 @@ from ..procedure.config import PROPERTY_NAMES, OetConfig, config_from_sources
 from ..procedure.domain import PrepareRequest, parse_script_args
 from ..procedure.errors import OetError
 from ..procedure.service import ScriptExecutionService
+from ..vocabulary import FINAL_STATES as FINAL_PROCEDURE_STATES
 from ..vocabulary import PREPARING_STATES, ProcedureState
 from . import runtime
 from .activities import ActivityView
@@ -128,6 +129,8 @@ MAX_SCRIPT_ARGS_CHARS = 256 * 1024
 MAX_SUMMARY_CHARS = 512 * 1024
 #: Longest message of a refusal (it goes to the client and to the log).
 MAX_MESSAGE_CHARS = 2000
+#: How long a Switch waits, beyond the stop grace, for the stopped script and its abort script.
+SWITCH_ABORT_TIMEOUT = 60.0
 #: Optional key of the Prepare/Start/Stop/RunActivity arguments: the user on whose behalf a
 #: client (the REST gateway) asks, recorded in the audit trail. Clients that may write the
 #: device are trusted with it; Tango access control decides who they are (see
@@ -736,6 +739,86 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         if not isinstance(run_abort, bool):
             self._fail("OET_INVALID_REQUEST", "run_abort must be true or false", "Stop")
         return self._stop(service, "Stop", pid, run_abort, user, body.get("grace"))
+
+    @command(
+        dtype_in=str,
+        dtype_out=_LRC_REPLY,
+        doc_in='{"procedure_id": int (the READY procedure to start), "run_abort": false, '
+        '"force": false, "script_args": {"main": {"args": [], "kwargs": {}}}}',
+        doc_out="([ResultCode.STARTED], [command_id]); completes when the new procedure is "
+        'RUNNING, with {"stopped": [summaries], "started": summary}.',
+    )
+    def Switch(self, argin: str) -> list[Any]:
+        """Target-of-opportunity switch in one command: stop whatever runs on this subarray
+        (``run_abort``: then run its abort script and wait for it), then start the READY
+        procedure. ``force`` kills the running script at once instead of giving it the stop
+        grace (for a script that ignores SIGTERM)."""
+        return self._lrc_reply("Switch", self._switch, argin)
+
+    def _switch(self, argin: str) -> list[Any]:
+        body = self._decode(argin, "Switch", {"procedure_id", "run_abort", "force", "script_args"})
+        user = self._requester(body, "Switch")
+        pid = self._procedure_id(body, "Switch")
+        if pid is None:
+            self._fail("OET_INVALID_REQUEST", "procedure_id (the READY one) is required", "Switch")
+        flags = {key: body.get(key, False) for key in ("run_abort", "force")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                self._fail("OET_INVALID_REQUEST", f"{key} must be true or false", "Switch")
+        fn_args = self._call("Switch", parse_script_args, body.get("script_args"))
+        if "init" in fn_args:
+            self._fail("OET_INVALID_REQUEST", "init arguments are given to Prepare", "Switch")
+        command_id = generate_command_id("Switch")
+        with self._power_lock:
+            service = self._engine("Switch", new_script=True)
+            target = self._accept("Switch", service.get, pid)
+            if target["state"] != ProcedureState.READY:
+                raise Rejected(
+                    f"OET_STATE_CONFLICT: procedure {pid} is {target['state']}, not READY"
+                )
+            running = service.running_id()
+            stopped: list[dict[str, Any]] = []
+            if running is not None:
+                grace = 0.0 if flags["force"] else None
+                stopped = self._accept(
+                    "Switch", service.stop, running, run_abort=flags["run_abort"],
+                    requested_by=user, grace=grace,
+                )  # fmt: skip
+                if self._activity_service is not None:
+                    self._activity_service.note(running, "stopped", user)
+        self.submit(self.lrc_started, command_id)
+        threading.Thread(
+            target=self._switch_over,
+            args=(command_id, service, pid, [s["id"] for s in stopped], fn_args.get("main"), user),
+            name=f"switch-{pid}",
+            daemon=True,
+        ).start()
+        return [[int(ResultCode.STARTED)], [command_id]]
+
+    def _switch_over(
+        self,
+        command_id: str,
+        service: ScriptExecutionService,
+        pid: int,
+        stopped: list[int],
+        main: Any,
+        user: str,
+    ) -> None:
+        """The switch's second half (own thread): once what was stopped (and its abort
+        script) has ended, start the new procedure; the command completes when it runs."""
+        timeout = service.config.stop_grace_seconds + SWITCH_ABORT_TIMEOUT
+        try:
+            for stopped_id in stopped:
+                service.wait_for_state(stopped_id, FINAL_PROCEDURE_STATES, timeout)
+            start = self._activity_service.start if self._activity_service else service.start
+            started = start(pid, main, user)
+            result = {"stopped": [service.get(i) for i in stopped], "started": started}
+            self.submit(self.lrc_finish, command_id, TaskStatus.COMPLETED, ResultCode.OK,
+                        dumps(result))  # fmt: skip
+        except (OetError, TimeoutError) as exc:
+            self.logger.warning("Switch to procedure %s failed: %s", pid, exc)
+            message = f"switch to procedure {pid} failed: {exc}"
+            self.submit(self.lrc_finish, command_id, TaskStatus.FAILED, ResultCode.FAILED, message)
 
     @command(
         dtype_out=_LRC_REPLY,
