@@ -90,6 +90,21 @@ class DeviceClient(abc.ABC):
     ) -> None:
         """Ask the device to stop a running procedure (STOPPED follows as events)."""
 
+    async def switch(
+        self,
+        procedure_id: int,
+        run_abort: bool,
+        force: bool,
+        script_args: dict[str, Any] | None = None,
+        requested_by: str | None = None,
+    ) -> None:
+        """TOO switch: stop what runs on the procedure's device, then start it (READY)."""
+        raise GatewayError(errors.NOT_IMPLEMENTED, "this device client offers no switch")
+
+    async def list_device_procedures(self, procedure_id: int) -> list[dict[str, Any]]:
+        """The procedures of the device holding ``procedure_id`` (one device: all of them)."""
+        return await self.list_procedures()
+
     @abc.abstractmethod
     async def pause_procedure(
         self, procedure_id: int, immediate: bool, requested_by: str | None = None
@@ -401,6 +416,20 @@ class TangoDeviceClient(DeviceClient):
         return _loads(
             await self._command("Answer", json.dumps(_audited(body, requested_by))), "Answer"
         )
+
+    async def switch(
+        self,
+        procedure_id: int,
+        run_abort: bool,
+        force: bool,
+        script_args: dict[str, Any] | None = None,
+        requested_by: str | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"procedure_id": procedure_id, "run_abort": run_abort}
+        body["force"] = force
+        if script_args:
+            body["script_args"] = script_args
+        await self._lrc("Switch", _audited(body, requested_by))
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")

@@ -216,6 +216,22 @@ class RoutedClient(DeviceClient):
             procedure_id, request_id, value, requested_by
         )
 
+    async def switch(
+        self,
+        procedure_id: int,
+        run_abort: bool,
+        force: bool,
+        script_args: dict[str, Any] | None = None,
+        requested_by: str | None = None,
+    ) -> None:
+        device = await self._owner("procedure", procedure_id)
+        await self.devices[device].switch(procedure_id, run_abort, force, script_args, requested_by)
+
+    async def list_device_procedures(self, procedure_id: int) -> list[dict[str, Any]]:
+        """The procedures of the device holding ``procedure_id``."""
+        device = await self._owner("procedure", procedure_id)
+        return await self.devices[device].list_procedures()
+
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         _, summary = await self._find(
             "procedure", procedure_id, lambda c: c.get_procedure(procedure_id)

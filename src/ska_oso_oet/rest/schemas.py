@@ -277,3 +277,24 @@ class ErrorResponse(BaseModel):
 #: (request limits).
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in sorted({*statuses, 401, 403})}
+
+
+class SwitchRequest(BaseModel):
+    """Body of ``POST /procedures/{id}/switch``: the target-of-opportunity switch."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"abort": False, "force": True}]},
+    )
+    #: Run the subarray's abort script after stopping what runs (the switch waits for it).
+    abort: bool = False
+    #: Kill what runs at once instead of giving it the stop grace.
+    force: bool = False
+    script_args: dict[str, FunctionArgs] | None = None
+
+
+class SwitchResponse(BaseModel):
+    """What the switch stopped (with its abort script, if any) and the procedure it started."""
+
+    stopped: list[ProcedureSummary]
+    started: ProcedureSummary

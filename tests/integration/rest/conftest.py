@@ -428,6 +428,19 @@ def main():
 """
 
 
+STUBBORN_SCRIPT = """
+import signal
+import time
+from pubsub import pub
+
+def main():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a victim that ignores the stop
+    pub.sendMessage("user.script.announce", msg_src="stubborn", msg="ignoring SIGTERM")
+    while True:
+        time.sleep(0.1)
+"""
+
+
 @pytest.fixture(scope="module")
 def telescope(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Telescope]:
     """Subarrays 1 and 2 in one device server, 3 in another, one gateway in front."""
@@ -435,6 +448,7 @@ def telescope(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Telescope]:
     database, tango_host = start_database(tmp)
     telescope = Telescope(tmp, tango_host, {"first": [1, 2], "second": [3]})
     (telescope.scripts / "abort.py").write_text(ABORT_SCRIPT)
+    (telescope.scripts / "stubborn.py").write_text(STUBBORN_SCRIPT)
     try:
         telescope.register_device()
         telescope.start_device_server()

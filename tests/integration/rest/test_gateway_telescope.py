@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
+
+from ska_oso_oet.vocabulary import ResultCode, TaskStatus
+from tests.support.lrc_client import LrcClient
 
 from .conftest import EventStream, Telescope, is_event
 from .test_gateway_stack import create, oet
@@ -154,3 +158,77 @@ def test_v7_and_v1_side_by_side(telescope):
         assert v1.get("/openapi.json").json()["paths"].keys() >= {"/api/v1.0/procedures"}
     with httpx.stream("GET", f"{v7_url}/stream", timeout=10) as response:
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+def ready_procedure(http, telescope: Telescope, events: EventStream, script: str, n: int) -> int:
+    pid = create(http, telescope, script, subarray_id=n)["id"]
+    events.wait_for(is_event("procedure.lifecycle.statechange", pid, new_state="READY"))
+    return pid
+
+
+def running_victim(http, telescope, events, script: str, n: int) -> int:
+    pid = ready_procedure(http, telescope, events, script, n)
+    assert http.put(f"/procedures/{pid}", json={"state": "RUNNING"}).status_code == 200
+    events.wait_for(
+        lambda e: e.get("topic") == "user.script.announce" and e.get("procedure_id") == pid
+    )
+    return pid
+
+
+def test_too_switch_through_rest_cooperative_and_forced(telescope):
+    with telescope.http() as http, EventStream(telescope.url) as events:
+        victim = running_victim(http, telescope, events, "forever.py", 2)
+        too = ready_procedure(http, telescope, events, "forever.py", 2)
+        switched = http.post(f"/procedures/{too}/switch", json={"abort": True})
+        assert switched.status_code == 200, switched.text
+        answer = switched.json()
+        assert answer["started"]["id"] == too and answer["started"]["state"] == "RUNNING"
+        stopped = {p["id"]: p for p in answer["stopped"]}
+        assert stopped[victim]["state"] == "STOPPED"
+        assert len(stopped) == 2  # the victim and the abort script that ran after it
+        events.wait_for(
+            lambda e: (
+                e.get("topic") == "user.script.announce" and e.get("msg") == "aborted subarray 2"
+            )
+        )
+
+        # A victim that ignores SIGTERM: force kills it at once, well within the 2 s grace.
+        stubborn = running_victim(http, telescope, events, "stubborn.py", 3)
+        too3 = ready_procedure(http, telescope, events, "hello.py", 3)
+        began = time.monotonic()
+        forced = http.post(f"/procedures/{too3}/switch", json={"force": True})
+        took = time.monotonic() - began
+        assert forced.status_code == 200, forced.text
+        assert [p["id"] for p in forced.json()["stopped"]] == [stubborn]
+        assert forced.json()["stopped"][0]["state"] == "STOPPED"
+        assert took < 1.5, f"a forced switch waited {took:.2f} s (the grace is 2 s)"
+        events.wait_for(is_event("procedure.lifecycle.complete", too3))
+
+        not_ready = http.post(f"/procedures/{too3}/switch", json={})
+        assert not_ready.status_code == 409 and "not READY" in not_ready.json()["Message"]
+        http.put(f"/procedures/{too}", json={"state": "STOPPED"})
+
+
+def test_too_switch_through_tango_waits_the_grace_unless_forced(telescope):
+    with telescope.http() as http, EventStream(telescope.url) as events:
+        device = telescope.proxy(3)
+        stubborn = running_victim(http, telescope, events, "stubborn.py", 3)
+        too = ready_procedure(http, telescope, events, "forever.py", 3)
+        began = time.monotonic()
+        outcome = LrcClient(device).invoke("Switch", json.dumps({"procedure_id": too}))
+        took = time.monotonic() - began
+        assert outcome.statuses[-1] == TaskStatus.COMPLETED, outcome
+        result = json.loads(outcome.result[1])
+        assert [s["id"] for s in result["stopped"]] == [stubborn]
+        assert result["started"]["id"] == too and result["started"]["state"] == "RUNNING"
+        assert took >= 1.5, "the grace (2 s) was not given to the stubborn script"
+
+        too2 = ready_procedure(http, telescope, events, "hello.py", 3)
+        forced = LrcClient(device).invoke(
+            "Switch", json.dumps({"procedure_id": too2, "force": True})
+        )
+        assert forced.statuses[-1] == TaskStatus.COMPLETED, forced
+        assert [s["id"] for s in json.loads(forced.result[1])["stopped"]] == [too]
+        events.wait_for(is_event("procedure.lifecycle.complete", too2))
+        refused = LrcClient(device).invoke("Switch", json.dumps({"procedure_id": too2}))
+        assert refused.result_code == ResultCode.REJECTED

@@ -25,6 +25,8 @@ from ..schemas import (
     ProcedureListResponse,
     ProcedureResponse,
     StopResponse,
+    SwitchRequest,
+    SwitchResponse,
     UpdateProcedureRequest,
     error_responses,
 )
@@ -194,6 +196,48 @@ async def answer_request(
 ) -> dict[str, Any]:
     """POST /procedures/{id}/request, shared by every API version."""
     return await client.answer_request(procedure_id, body.request_id, body.value, requested_by)
+
+
+@router.post(
+    "/{procedure_id}/switch",
+    response_model=SwitchResponse,
+    responses=error_responses(400, 404, 409, 503, 504),
+)
+async def switch_procedure(
+    procedure_id: int,
+    body: SwitchRequest,
+    request: Request,
+    client: ClientDep,
+    settings: SettingsDep,
+    caller: Operator,
+) -> dict[str, Any]:
+    """Target-of-opportunity switch in one call: stop whatever runs on the subarray of this
+    READY procedure (``abort``: then run the abort script), and start it. ``force`` kills the
+    running script at once instead of waiting out its stop grace. Answers once the procedure
+    is RUNNING (the device's ``Switch`` command)."""
+    before = await client.list_device_procedures(procedure_id)
+    running = [p["id"] for p in before if p["state"] == ProcedureState.RUNNING]
+    script_args = body.model_dump(mode="json", exclude_unset=True).get("script_args")
+    await client.switch(procedure_id, body.abort, body.force, script_args, caller.user)
+    wait = settings.stop_wait_seconds + settings.start_wait_seconds
+    started = await client.wait_for_state(
+        procedure_id, {ProcedureState.RUNNING, *FINAL_STATES}, wait
+    )
+    if started["state"] != ProcedureState.RUNNING and not any(
+        state == ProcedureState.RUNNING for state, _ in started["history"]["process_states"]
+    ):
+        raise GatewayError(
+            errors.DEVICE_TIMEOUT if started["state"] not in FINAL_STATES else errors.DEVICE_ERROR,
+            f"switch to procedure {procedure_id}: it is {started['state']}, it never ran",
+        )
+    stopped = [await client.get_procedure(pid) for pid in running if pid != procedure_id]
+    after = await client.list_device_procedures(procedure_id)
+    known = {p["id"] for p in before}
+    aborts = [p for p in after if p["id"] not in known and body.abort and p["id"] != procedure_id]
+    return {
+        "stopped": [public_summary(request, s) for s in [*stopped, *aborts]],
+        "started": public_summary(request, started),
+    }
 
 
 async def _stop(
