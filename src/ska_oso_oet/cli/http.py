@@ -139,6 +139,10 @@ class OetHttp:
         body = {"request_id": request_id, "value": value}
         return self._request("POST", f"/procedures/{procedure_id}/request", body)["request"]
 
+    def switch_procedure(self, procedure_id: int, run_abort: bool, force: bool) -> dict[str, Any]:
+        body = {"abort": run_abort, "force": force}
+        return self._request("POST", f"/procedures/{procedure_id}/switch", body)
+
     def list_activities(self) -> list[dict[str, Any]]:
         return self._request("GET", "/activities")["activities"]
 

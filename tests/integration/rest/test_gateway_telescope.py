@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -207,6 +208,15 @@ def test_too_switch_through_rest_cooperative_and_forced(telescope):
         not_ready = http.post(f"/procedures/{too3}/switch", json={})
         assert not_ready.status_code == 409 and "not READY" in not_ready.json()["Message"]
         http.put(f"/procedures/{too}", json={"state": "STOPPED"})
+
+        # The same from the CLI, at the default URL, on subarray 1.
+        victim1 = running_victim(http, telescope, events, "forever.py", 1)
+        too1 = ready_procedure(http, telescope, events, "hello.py", 1)
+        switched = oet(telescope, "switch", f"--pid={too1}", "--force=True")
+        assert switched.returncode == 0, switched.stdout + switched.stderr
+        assert f"Stopped: {victim1} (STOPPED)" in switched.stdout
+        assert re.search(rf"Started: {too1} \((RUNNING|COMPLETE)\)", switched.stdout)
+        events.wait_for(is_event("procedure.lifecycle.complete", too1))
 
 
 def test_too_switch_through_tango_waits_the_grace_unless_forced(telescope):

@@ -199,6 +199,38 @@ def stop(
 
 
 @reporting_errors
+def switch(
+    ctx: typer.Context,
+    pid: Annotated[int, typer.Option("--pid", help="ID of the READY procedure to start.")],
+    run_abort: Annotated[
+        str | None,
+        typer.Option(
+            "--run_abort",
+            "--run-abort",
+            metavar="BOOL",
+            help="Run the abort script for the sub-array after stopping what runs [False].",
+        ),
+    ] = None,
+    force: Annotated[
+        str | None,
+        typer.Option(
+            "--force", metavar="BOOL", help="Kill what runs at once, without the stop grace."
+        ),
+    ] = None,
+) -> None:
+    """Target-of-opportunity switch: stop whatever runs on the sub-array of procedure PID and
+    start PID (READY) in one call."""
+    http = state_of(ctx).http
+    abort = parse_bool(run_abort, "--run_abort", False)
+    kill = parse_bool(force, "--force", False)
+    answer = http.switch_procedure(pid, abort, kill)
+    stopped = ", ".join(f"{p['id']} ({p['state']})" for p in answer["stopped"]) or "nothing"
+    typer.echo(f"Stopped: {stopped}")
+    typer.echo(f"Started: {answer['started']['id']} ({answer['started']['state']})")
+    typer.echo(procedure_table([*answer["stopped"], answer["started"]]))
+
+
+@reporting_errors
 def describe(ctx: typer.Context, pid: PidOption = None) -> None:
     """Show a procedure in detail (by default the last created).
 
@@ -221,3 +253,4 @@ def register(app: typer.Typer, **options: Any) -> None:
     app.command("start", context_settings=EXTRA_ARGS, **options)(start)
     app.command("stop", **options)(stop)
     app.command("describe", **options)(describe)
+    app.command("switch", **options)(switch)
