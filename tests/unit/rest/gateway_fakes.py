@@ -159,6 +159,25 @@ class FakeDevice(DeviceClient):
         summary["request"] = None
         return {**pending, "outcome": "answered", "value": value, "user": requested_by}
 
+    async def switch(
+        self,
+        procedure_id: int,
+        run_abort: bool,
+        force: bool,
+        script_args: Any = None,
+        requested_by: str | None = None,
+    ) -> None:
+        self._check("Switch", {"procedure_id": procedure_id, "run_abort": run_abort})
+        summary = self._get(procedure_id)
+        if summary["state"] != "READY":
+            raise GatewayError(
+                errors.STATE_CONFLICT, f"procedure {procedure_id} is {summary['state']}, not READY"
+            )
+        for pid, other in list(self.procedures.items()):
+            if other["state"] == "RUNNING":
+                self.finish(pid, "STOPPED")
+        await self.start_procedure(procedure_id, script_args)
+
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         self._check("GetProcedure", procedure_id)
         return copy.deepcopy(self._get(procedure_id))
