@@ -42,6 +42,10 @@ _CONNECT_LOCK = threading.Lock()
 EVENT_CHANNEL_TIMEOUT = 15.0
 
 
+#: How long after it starts trying a client retries every 0.1 s to reach its device.
+_EAGER_CONNECT_SECONDS = 20.0
+
+
 class DeviceClient(abc.ABC):
     """Asynchronous access to one OETDevice; every failure is a :class:`GatewayError`."""
 
@@ -249,9 +253,10 @@ class TangoDeviceClient(DeviceClient):
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
         last_warning = -math.inf
-        # Retry soon at first (oet-stack starts the gateway while the device server is still
-        # coming up), then back off to reconnect_seconds.
-        pause = min(0.05, self._reconnect_seconds)
+        # Retry every 0.1 s for a while first (oet-stack starts the gateway while the device
+        # server is still coming up: a doubling pause would overshoot its readiness by up to
+        # half the wait), then every reconnect_seconds.
+        eager_until = time.monotonic() + _EAGER_CONNECT_SECONDS
         while self._proxy is None:
             try:
                 await loop.run_in_executor(self._executor, self._connect)
@@ -266,8 +271,10 @@ class TangoDeviceClient(DeviceClient):
                     self._connect_error,
                 )
                 last_warning = last_warning if quiet else time.monotonic()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self._reconnect_seconds)
+                eager = time.monotonic() < eager_until
+                await asyncio.sleep(
+                    min(0.1, self._reconnect_seconds) if eager else self._reconnect_seconds
+                )
 
     def _connect(self) -> None:
         with _CONNECT_LOCK:  # concurrent first subscriptions to one server lose its events
