@@ -41,14 +41,32 @@ from .tango_figures import (
     p5_responsiveness,
     p7_scale,
     p8_operator,
+    t1_switch,
 )
 
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "gateway", "G1", "G2", "S1", "H1", "A1")
+FIGURES = (
+    "P1",
+    "P2",
+    "P3",
+    "P4",
+    "T1",
+    "P5",
+    "P6",
+    "P7",
+    "P8",
+    "gateway",
+    "G1",
+    "G2",
+    "S1",
+    "H1",
+    "A1",
+)
 TITLES = {
     "P1": "Prepare -> READY (script imports tango)",
     "P2": "Start -> RUNNING event",
     "P3": "Stop -> STOPPED (honours SIGTERM)",
     "P4": "TOO switch: stop running, start prepared -> TOO RUNNING",
+    "T1": "One-call TOO switch (Switch) -> TOO RUNNING: Tango/REST, cooperative/forced",
     "P5": "Command/read round trip, 16 busy devices",
     "P6": "20,000 announces -> Tango subscriber",
     "P7": "16 devices prepare+run+complete concurrently (wall)",
@@ -170,6 +188,7 @@ def measure(
             ("P2", lambda: p2_start(dev, base, plan)),
             ("P3", lambda: p3_stop(dev, base, plan)),
             ("P4", lambda: p4_too_switch(dev, base, plan)),
+            ("T1", lambda: t1_switch(dev, base, plan, stack.rest_url)),
             ("P5", lambda: p5_responsiveness(devices, plan)),
             ("P6", lambda: p6_events(dev, base, stack.rest_url, plan)),
             ("P7", lambda: p7_scale(devices, plan)),

@@ -231,9 +231,11 @@ async def switch_procedure(
             f"switch to procedure {procedure_id}: it is {started['state']}, it never ran",
         )
     stopped = [await client.get_procedure(pid) for pid in running if pid != procedure_id]
-    after = await client.list_device_procedures(procedure_id)
-    known = {p["id"] for p in before}
-    aborts = [p for p in after if p["id"] not in known and body.abort and p["id"] != procedure_id]
+    aborts = []
+    if body.abort:  # the abort script ran as a procedure of its own: the one not there before
+        known = {p["id"] for p in before} | {procedure_id}
+        after = await client.list_device_procedures(procedure_id)
+        aborts = [p for p in after if p["id"] not in known]
     return {
         "stopped": [public_summary(request, s) for s in [*stopped, *aborts]],
         "started": public_summary(request, started),
