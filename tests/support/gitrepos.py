@@ -306,8 +306,8 @@ def hanging_build_project(dest: Path) -> Path:
         '[project]\nname = "hangpkg"\nversion = "1.0"\n'
     )
     (dest / "hang_backend.py").write_text(
-        "import time\n\n\ndef _forever(*args, **kwargs):\n    while True:\n"
-        "        time.sleep(1)\n\n\nget_requires_for_build_wheel = _forever\n"
+        "import threading\n\n\ndef _forever(*args, **kwargs):\n"
+        "    threading.Event().wait()\n\n\nget_requires_for_build_wheel = _forever\n"
         "prepare_metadata_for_build_wheel = _forever\nbuild_wheel = _forever\n"
         "build_sdist = _forever\nget_requires_for_build_sdist = _forever\n"
     )

@@ -7,7 +7,6 @@ builds small; specs without requirements (virtualenv only) stand in where pip is
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -38,7 +37,12 @@ from ska_oso_oet.procedure.environments import (
 from ska_oso_oet.procedure.errors import OetError
 from ska_oso_oet.procedure.filelock import FileLock
 from ska_oso_oet.procedure.git import GitCache
-from tests.support.gitrepos import build_wheel, make_script_repo
+from tests.support.gitrepos import (
+    build_wheel,
+    close_hanging_server,
+    hanging_server,
+    make_script_repo,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EMPTY = DependencySpec("none", "")
@@ -97,26 +101,6 @@ def leftovers(root: Path) -> list[str]:
         folder = root / sub
         found += [f"{sub}/{p.name}" for p in folder.iterdir()] if folder.is_dir() else []
     return found
-
-
-def hanging_server() -> tuple[socket.socket, list[socket.socket], threading.Event]:
-    """A TCP server that accepts connections and never answers (a stuck package index)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, held, stop
 
 
 class TestDependencySpecs:
@@ -460,10 +444,7 @@ class TestFailures:
                 cache.acquire(requirements_spec("oettiny==1.0"))
             assert time.monotonic() - started < 30
         finally:
-            stop.set()
-            server.close()
-            for conn in held:
-                conn.close()
+            close_hanging_server(server, held, stop)
         assert leftovers(cache.root) == []
 
         def stray() -> list[int]:
@@ -493,10 +474,7 @@ class TestFailures:
             with pytest.raises(EnvironmentCancelled, match="install cancelled"):
                 cache.acquire(requirements_spec("oettiny==1.0"), lines_only(on_line), cancel)
         finally:
-            stop.set()
-            server.close()
-            for conn in held:
-                conn.close()
+            close_hanging_server(server, held, stop)
         assert leftovers(cache.root) == []
 
     def test_waiting_for_another_build_is_bounded_and_cancellable(self, tmp_path):
