@@ -129,7 +129,8 @@ class TestEveryCommandThroughAnLrcClient:
             reset = LrcClient(device, protocol).invoke("Reset")
             assert reset.result == [ResultCode.OK, "nothing to reset: the script engine works"]
         finally:
-            device.On()
+            # Waited for: State follows On on the event thread, before the LRC completes.
+            LrcClient(device).invoke("On")
 
 
 class TestPowerStates:
@@ -159,7 +160,8 @@ class TestPowerStates:
                 assert excinfo.value.args[0].reason == "OET_STATE_CONFLICT", command
                 assert "send On" in excinfo.value.args[0].desc
         finally:
-            device.On()
+            # Waited for: State follows On on the event thread, before the LRC completes.
+            LrcClient(device).invoke("On")
         assert prepared(device, script_dir, "hello.py") > running
 
     def test_standby_lets_the_running_script_finish(
@@ -182,7 +184,8 @@ class TestPowerStates:
             stopped = LrcClient(device).invoke("Stop", "{}")  # stopping is always allowed
             assert json.loads(stopped.result[1])[0]["state"] == "STOPPED"
         finally:
-            device.On()
+            # Waited for: State follows On on the event thread, before the LRC completes.
+            LrcClient(device).invoke("On")
         assert device.state() in (tango.DevState.ON, tango.DevState.RUNNING)
 
     def test_power_commands_are_refused_when_offline(self, device: tango.DeviceProxy) -> None:
