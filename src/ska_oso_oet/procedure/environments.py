@@ -38,7 +38,6 @@ build and skips any environment whose lease file is locked, i.e. in use by any p
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import hashlib
 import json
@@ -62,7 +61,7 @@ from .dependencies import (
     read_dependency_spec,
     requirements_spec,
 )
-from .filelock import FileLock, touch
+from .filelock import FileLock, touch, tree_size
 from .runner import run_command, wait_for_lock
 
 __all__ = [
@@ -565,7 +564,7 @@ class EnvironmentCache:
                 "inherit": self.inherit,
                 "created": time.time(),
                 "build_seconds": round(seconds, 3),
-                "size_bytes": _tree_size(build),
+                "size_bytes": tree_size(build),
             }
             _atomic_write(self._state(key, "json"), json.dumps(metadata, indent=1))
             tmp_link = link.with_name(f".{key}.{uuid.uuid4().hex[:8]}")
@@ -760,12 +759,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, name)).st_size
-    return total

@@ -2,7 +2,8 @@
 
 The git clone cache and the virtualenv cache share their folders between every device of a
 device server (threads) and every device server on the host (processes); this lock serialises
-their slow, shared work (fetching, building) and marks environments in use.
+their slow, shared work (fetching, building) and marks environments in use. The two small
+helpers at the end serve the same caches' least-recently-used eviction.
 """
 
 from __future__ import annotations
@@ -142,3 +143,13 @@ def touch(path: Path) -> None:
     now = time.time_ns()
     with contextlib.suppress(OSError):  # gone with an eviction: nothing to record
         os.utime(path, ns=(now, now))
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of every file below ``root`` (links not followed): what a cached tree costs."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total

@@ -36,7 +36,6 @@ raises :class:`GitCancelled`. Nothing half-written stays behind (trees appear by
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import ipaddress
@@ -54,7 +53,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from .domain import GitArgs, GitScript
 from .errors import InvalidRequest, OetError
-from .filelock import FileLock, touch
+from .filelock import FileLock, touch, tree_size
 from .runner import run_command, wait_for_lock
 
 LOGGER = logging.getLogger(__name__)
@@ -446,7 +445,7 @@ class GitCache:
                 trees.append((used, tree, lease))
         trees.sort(key=lambda t: t[0])
         count = len(trees)
-        sizes = {tree: _tree_bytes(tree) for _, tree, _ in trees} if self.max_bytes else {}
+        sizes = {tree: tree_size(tree) for _, tree, _ in trees} if self.max_bytes else {}
         total = sum(sizes.values())
         removed: list[Path] = []
         for _, tree, lease_path in trees:
@@ -685,15 +684,6 @@ class GitCache:
             lease.release()
             lease = None
         return Checkout(url, commit, root, branch, script_file, reused, lease)
-
-
-def _tree_bytes(tree: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(tree):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, name)).st_size
-    return total
 
 
 def find_script(root: Path, script: str, url: str = "", commit: str = "") -> Path:
