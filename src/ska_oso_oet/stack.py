@@ -1,11 +1,13 @@
 """``oet-stack``: the whole OET on one machine with one command.
 
-1. starts a Tango database (``PyDatabaseds`` from pytango-db, on sqlite) on a free port,
-2. registers the OET devices ``oso/oet/1..N`` from the ``deviceservers/`` dsconfig file,
-3. starts ``OETDeviceServer`` and, at the same time, the extra services (the REST gateway hooks
-   in here, see :data:`SERVICES`), and waits until every device answers and every service is
-   ready,
-5. prints ``TANGO_HOST`` and the device names, and runs until Ctrl-C or SIGTERM, when it stops
+1. starts, all at the same moment, a Tango database (``PyDatabaseds`` from pytango-db, on
+   sqlite) on a free port, ``OETDeviceServer`` and the extra services (the REST gateway hooks
+   in here, see :data:`SERVICES`): the device server and the gateway import while the database
+   starts, then wait for its address (see :mod:`.stack_child`),
+2. once the database answers, the device server registers the OET devices ``oso/oet/1..N``
+   of the ``deviceservers/`` dsconfig file and starts them; the stack waits until every device
+   answers and every service is ready,
+3. prints ``TANGO_HOST`` and the device names, and runs until Ctrl-C or SIGTERM, when it stops
    everything in reverse order (scripts are stopped by the device server itself).
 
 While it runs it supervises its children (:class:`Supervisor`): a device server or gateway that
@@ -24,7 +26,6 @@ output for people and scripts; its own log messages go to stderr in the SKA log 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -70,22 +72,78 @@ LOGGER = logging.getLogger("ska_oso_oet.stack")
 LOG_TAGS = "service:oet-stack"
 
 
+class TangoHost:
+    """The database's ``HOST:PORT``, known once it listens. Children started before that (to
+    import meanwhile, see :mod:`.stack_child`) are handed it then."""
+
+    def __init__(self, value: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._known = threading.Event()
+        self._value = value
+        self._error: str | None = None
+        self._waiting: list[tuple[ChildProcess, dict[str, Any]]] = []
+        if value is not None:
+            self._known.set()
+
+    def set(self, value: str) -> None:
+        with self._lock:
+            self._value, waiting, self._waiting = value, self._waiting, []
+            self._known.set()
+        for process, extra in waiting:
+            process.send_setup(value, extra)
+
+    def fail(self, reason: str) -> None:
+        """The database will not come: :meth:`get` raises from now on."""
+        with self._lock:
+            self._error = reason
+            self._known.set()
+
+    def get(self, timeout: float = START_TIMEOUT) -> str:
+        if not self._known.wait(timeout) or self._value is None:
+            raise RuntimeError(self._error or "the Tango database did not start in time")
+        return self._value
+
+    def hand_to(self, process: ChildProcess, extra: dict[str, Any] | None = None) -> None:
+        """Send ``process`` its setup line now, or once the address is known."""
+        with self._lock:
+            if self._value is None:
+                self._waiting.append((process, extra or {}))
+                return
+            value = self._value
+        process.send_setup(value, extra or {})
+
+
 @dataclass
 class StackContext:
     """What extra services need to know to join the stack."""
 
     options: argparse.Namespace
-    tango_host: str
+    address: TangoHost
     devices: list[str]
     data_dir: Path
     env: dict[str, str]
     #: set once the stack is stopping: a service's start-up wait should give up on it
     stopping: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def tango_host(self) -> str:
+        """``HOST:PORT`` of the database (waits until it listens)."""
+        return self.address.get()
+
     def child_command(self, command: Sequence[str]) -> list[str]:
         """How a service runs its process: so that it dies with ``oet-stack`` (see
         :func:`guarded`)."""
         return guarded(command)
+
+    def start_child(
+        self, module: str, args: Sequence[str], stdout: Any, preload: Sequence[str] = ()
+    ) -> ChildProcess:
+        """Start ``python -m module args`` for a service at once, even before the database
+        listens: it imports ``preload`` and ``module`` meanwhile and runs once it has
+        ``TANGO_HOST`` (see :mod:`.stack_child`); it dies with ``oet-stack``."""
+        process = spawn_child(module, args, stdout, self.env, preload)
+        self.address.hand_to(process)
+        return process
 
 
 #: A service, started once the database holds the devices, while the device server comes up
@@ -110,6 +168,16 @@ SERVICES: list[Service] = []
 def register_service(service: Service) -> None:
     """Add a service to ``oet-stack`` (e.g. the REST gateway)."""
     SERVICES.append(service)
+
+
+def child_environment(environ: Any) -> dict[str, str]:
+    """The environment of the stack's children: ``environ``, with PyTango's telemetry patching
+    off unless telemetry is asked for (``TANGO_TELEMETRY_ENABLE``) or the variable is set: it
+    costs each Tango process the OpenTelemetry imports, a fifth of its start here."""
+    env = dict(environ)
+    if env.get("TANGO_TELEMETRY_ENABLE", "").lower() not in {"on", "1", "true", "yes", "y"}:
+        env.setdefault("PYTANGO_DISABLE_TELEMETRY_PATCHING", "1")
+    return env
 
 
 def _register_gateway() -> None:
@@ -227,19 +295,90 @@ def _log_file(data_dir: Path, name: str) -> Any:
     return (data_dir / f"{name}.log").open("ab")
 
 
-def start_database(
-    data_dir: Path,
-    host: str,
-    port: int,
+class ChildProcess(subprocess.Popen):
+    """A child run through :mod:`.stack_child`: it waits for its setup line on stdin and, for
+    the device server, reports its devices' readiness on a pipe (:meth:`wait_ready`)."""
+
+    ready_fd: int | None = None
+
+    def send_setup(self, tango_host: str, extra: dict[str, Any]) -> None:
+        line = json.dumps({"env": {"TANGO_HOST": tango_host}, **extra}) + "\n"
+        try:
+            assert self.stdin is not None
+            self.stdin.write(line.encode())
+            self.stdin.close()
+        except (OSError, ValueError):  # it died (or was stopped): its waiter sees that
+            pass
+
+    def wait_ready(self, check: Callable[[], None], stopping: Any = None) -> dict[str, Any]:
+        """The child's readiness report (``{"ready": [...]}`` or ``{"error": ...}``);
+        ``check`` raises when what it waits for failed, ``stopping`` makes it give up."""
+        assert self.ready_fd is not None
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                check()
+                if stopping is not None and stopping.is_set():
+                    raise RuntimeError("stopping while waiting for the devices")
+                readable, _, _ = select.select([self.ready_fd], [], [], 0.02)
+                if readable:
+                    chunk = os.read(self.ready_fd, 65536)
+                    if not chunk:  # it exited (check() will say how) or closed the pipe
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            self.wait(1.0)
+                        check()
+                        raise RuntimeError("it closed its readiness report without a word")
+                    data += chunk
+        finally:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+        return json.loads(data)
+
+
+def spawn_child(
+    module: str,
+    args: Sequence[str],
+    stdout: Any,
     env: dict[str, str],
-    devices: dict[str, dict[str, list[str]]] | None = None,
-) -> tuple[subprocess.Popen, int]:
-    """Start PyDatabaseds on sqlite; return the process and its port once it answers ``get_info``
-    (and, given ``devices``, holds them: see :func:`register_devices`)."""
+    preload: Sequence[str] = (),
+    ready: bool = False,
+) -> ChildProcess:
+    """Start ``python -m module args`` through :mod:`.stack_child` (guarded, its own
+    session); ``ready``: with a readiness pipe (:meth:`ChildProcess.wait_ready`)."""
+    command = [sys.executable, "-m", "ska_oso_oet.stack_child"]
+    if preload:
+        command += ["--preload", ",".join(preload)]
+    read_end = write_end = None
+    if ready:
+        read_end, write_end = os.pipe()
+        command += ["--ready-fd", str(write_end)]
+    try:
+        process = ChildProcess(
+            guarded([*command, module, *args]),
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            pass_fds=[write_end] if write_end is not None else [],
+        )
+    except BaseException:
+        for fd in (read_end, write_end):
+            if fd is not None:
+                os.close(fd)
+        raise
+    if write_end is not None:
+        os.close(write_end)
+    process.ready_fd = read_end
+    return process
+
+
+def spawn_database(data_dir: Path, host: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """Start PyDatabaseds on sqlite (``port`` 0: a free one, see :func:`database_port`)."""
     db_env = {**env, "PYTANGO_DATABASE_NAME": str(data_dir / "tango_database.db")}
     log_path = data_dir / "databaseds.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             guarded(
                 [
                     _executable("PyDatabaseds"),
@@ -256,20 +395,42 @@ def start_database(
             env=db_env,
             start_new_session=True,
         )
+
+
+def database_port(process: subprocess.Popen, data_dir: Path, stopping: Any = None) -> int:
+    """The port the database listens on, from its start-up line (it says the socket is bound;
+    whether the database answers is checked by who uses it, see :mod:`.stack_child`)."""
+    log_path = data_dir / "databaseds.log"
     deadline = time.monotonic() + START_TIMEOUT
-    actual = port or None
-    while actual is None:
+    while True:
         match = _PORT_LINE.search(log_path.read_bytes())
         if match:
-            actual = int(match.group(1))
-        else:
-            _check_alive(process, "PyDatabaseds", log_path, deadline)
-            time.sleep(0.05)  # waiting for a child's start-up line
+            return int(match.group(1))
+        _check_alive(process, DATABASE, log_path, deadline)
+        if stopping is not None and stopping.is_set():
+            raise RuntimeError("stopping while the Tango database starts")
+        time.sleep(0.01)  # waiting for a child's start-up line
+
+
+def start_database(
+    data_dir: Path,
+    host: str,
+    port: int,
+    env: dict[str, str],
+    devices: dict[str, dict[str, list[str]]] | None = None,
+) -> tuple[subprocess.Popen, int]:
+    """Start PyDatabaseds on sqlite; return the process and its port once it answers ``get_info``
+    (and, given ``devices``, holds them: see :func:`register_devices`). For tools and tests:
+    ``oet-stack`` itself starts everything at once (:func:`start`)."""
+    process = spawn_database(data_dir, host, port, env)
+    log_path = data_dir / "databaseds.log"
+    deadline = time.monotonic() + START_TIMEOUT
     try:
+        actual = port or database_port(process, data_dir)
         _probe(
             ["database", f"{host}:{actual}"],
             _registration(devices or {}),
-            lambda: _check_alive(process, "PyDatabaseds", log_path, deadline),
+            lambda: _check_alive(process, DATABASE, log_path, deadline),
         )
     except BaseException:
         stop_process(process)
@@ -277,14 +438,17 @@ def start_database(
     return process, actual
 
 
+def registration(devices: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+    """What declares ``devices`` in ``OETDeviceServer/oet`` (for :mod:`.stack_child` and
+    :mod:`.stack_probe`)."""
+    return {
+        name: {**properties, "__class_server__": [DEVICE_CLASS, f"{SERVER}/{INSTANCE}"]}
+        for name, properties in devices.items()
+    }
+
+
 def _registration(devices: dict[str, dict[str, list[str]]]) -> str:
-    """The JSON of :mod:`.stack_probe` that declares ``devices`` in ``OETDeviceServer/oet``."""
-    return json.dumps(
-        {
-            name: {**properties, "__class_server__": [DEVICE_CLASS, f"{SERVER}/{INSTANCE}"]}
-            for name, properties in devices.items()
-        }
-    )
+    return json.dumps(registration(devices))
 
 
 def _probe(
@@ -334,24 +498,28 @@ def register_devices(tango_host: str, devices: dict[str, dict[str, list[str]]]) 
     _probe(["database", tango_host], _registration(devices), check)
 
 
-def start_device_server(data_dir: Path, host: str, env: dict[str, str]) -> subprocess.Popen:
-    with _log_file(data_dir, "OETDeviceServer") as log:
-        return subprocess.Popen(
-            guarded(
-                [
-                    sys.executable,
-                    "-m",
-                    "ska_oso_oet.tango.server",
-                    INSTANCE,
-                    "-ORBendPoint",
-                    f"giop:tcp:{host}:0",
-                ]
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+def start_device_server(
+    data_dir: Path,
+    host: str,
+    env: dict[str, str],
+    address: TangoHost | None = None,
+    register: dict[str, dict[str, list[str]]] | None = None,
+) -> ChildProcess:
+    """Start ``OETDeviceServer`` (at once: it imports while the database starts). Once
+    ``address`` (default: ``env["TANGO_HOST"]``) is known and the database answers, it
+    declares the devices of ``register`` and starts; :func:`wait_for_devices` waits for them."""
+    address = address or TangoHost(env["TANGO_HOST"])
+    with _log_file(data_dir, SERVER) as log:
+        process = spawn_child(
+            "ska_oso_oet.tango.server",
+            [INSTANCE, "-ORBendPoint", f"giop:tcp:{host}:0"],
+            log,
+            env,
+            preload=("tango",),
+            ready=True,
         )
+    address.hand_to(process, {"register": registration(register or {})})
+    return process
 
 
 def wait_for_devices(
@@ -360,22 +528,35 @@ def wait_for_devices(
     process: subprocess.Popen,
     data_dir: Path,
     stopping: threading.Event | None = None,
+    also: Callable[[], None] | None = None,
 ) -> None:
     """Until every device answers; RuntimeError if the server exits, is not ready within
-    START_TIMEOUT, or ``stopping`` is set."""
+    START_TIMEOUT, or ``stopping`` is set (``also`` may raise too: another check). A server
+    of :func:`start_device_server` checks its devices itself (ping and state through a
+    DeviceProxy) and says so; another one is probed."""
     deadline = time.monotonic() + START_TIMEOUT
-    log = data_dir / "OETDeviceServer.log"
+    log = data_dir / f"{SERVER}.log"
+
+    def check() -> None:
+        _check_alive(process, SERVER, log, deadline)
+        if also is not None:
+            also()
+
     try:
-        _probe(
-            ["devices", tango_host, *devices],
-            "",
-            lambda: _check_alive(process, SERVER, log, deadline),
-            stopping,
-        )
+        if not isinstance(process, ChildProcess) or process.ready_fd is None:
+            _probe(["devices", tango_host, *devices], "", check, stopping)
+            return
+        report = process.wait_ready(check, stopping)
     except RuntimeError as exc:
         if stopping is not None and stopping.is_set():
             raise RuntimeError(f"stopping while {SERVER} starts") from exc
         raise
+    if "error" in report:
+        raise RuntimeError(f"{SERVER}: {report['error']}; see {log}")
+    served = {name.lower() for name in report.get("ready", [])}
+    missing = [name for name in devices if name.lower() not in served]
+    if missing:
+        raise RuntimeError(f"{SERVER} does not serve {', '.join(missing)}; see {log}")
 
 
 def _check_alive(process: subprocess.Popen, name: str, log: Path, deadline: float) -> None:
@@ -578,7 +759,8 @@ def start_registered_database(
     options: argparse.Namespace, stack: Stack, env: dict[str, str]
 ) -> tuple[str, list[str]]:
     """Start the Tango database and register the devices of ``options`` in it (no server
-    yet). Sets ``env["TANGO_HOST"]``; returns it and the device names."""
+    yet). Sets ``env["TANGO_HOST"]``; returns it and the device names. For tests and tools:
+    :func:`start` does it all at once."""
     devices = load_devices(options.config, options.subarrays)
     properties = {name: device_properties(props, name, options) for name, props in devices.items()}
     # one probe sees the database answer and registers the devices
@@ -590,33 +772,60 @@ def start_registered_database(
     return tango_host, list(devices)
 
 
+class _Outcome:
+    """The result of a thread's wait, for the main thread."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 def start(options: argparse.Namespace, stack: Stack) -> StackContext:
-    """Start database, device server and services; fill ``stack`` as processes start.
-    Gives up (RuntimeError) if ``stack.stopping`` is set meanwhile."""
+    """Start database, device server and services, all at once; fill ``stack`` as processes
+    start. Gives up (RuntimeError) if ``stack.stopping`` is set meanwhile.
+
+    The device server and the services start while the database does (they import meanwhile,
+    see :mod:`.stack_child`); a thread waits for the database's port, hands it to them, then
+    waits for the devices. The services start in this thread: a child's parent-death signal
+    (see :func:`guarded`) fires when the *thread* that started it ends. ``abandon`` makes a
+    service's start give up when the database or the device server fails or the stack stops.
+    """
     data_dir: Path = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = child_environment(os.environ)
     seed_sbds(sb_store(options))
-    tango_host, devices = start_registered_database(options, stack, env)
-    server = start_device_server(data_dir, options.host, env)
+    devices = load_devices(options.config, options.subarrays)
+    properties = {name: device_properties(props, name, options) for name, props in devices.items()}
+    address = TangoHost(f"{options.host}:{options.port}" if options.port else None)
+    db_process = spawn_database(data_dir, options.host, options.port, env)
+    stack.add(DATABASE, db_process)
+    server = start_device_server(data_dir, options.host, env, address, properties)
     stack.add(SERVER, server)
-    context = StackContext(options, tango_host, devices, data_dir, env, stack.stopping)
-    # The services need only the database to start: they come up while the device server does
-    # (each still waits until it has reached the devices). The wait for the devices runs in a
-    # thread and the services start in this one: a child's parent-death signal (see
-    # guarded()) fires when the *thread* that started it ends. ``abandon`` makes a service's
-    # start give up when the device server fails or the stack stops meanwhile.
+    names = list(devices)
+    context = StackContext(options, address, names, data_dir, env, stack.stopping)
     abandon = threading.Event()
-    devices_ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+    ready = _Outcome()
+    db_log = data_dir / "databaseds.log"
+
+    def database_alive() -> None:
+        _check_alive(db_process, DATABASE, db_log, time.monotonic() + START_TIMEOUT)
 
     def wait() -> None:
         try:
-            wait_for_devices(tango_host, devices, server, data_dir, stack.stopping)
-            devices_ready.set_result(None)
+            if not options.port:
+                port = database_port(db_process, data_dir, stack.stopping)
+                address.set(f"{options.host}:{port}")
+            LOGGER.info(
+                "Tango database (PyDatabaseds, pid %d) at %s", db_process.pid, address.get()
+            )
+            wait_for_devices(address.get(), names, server, data_dir, stack.stopping, database_alive)
         except BaseException as exc:  # handed to the main thread
+            address.fail(str(exc))
+            ready.error = exc
             abandon.set()
-            devices_ready.set_exception(exc)
+            ready.done.set()
             return
+        ready.done.set()
         while not abandon.is_set():  # the services' waits give up on the stack stopping too
             if stack.stopping.wait(0.05):
                 abandon.set()
@@ -628,24 +837,30 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
             if process is not None:
                 stack.add(service.name, process)
                 LOGGER.info("%s (pid %d) started", service.name, process.pid)
-        devices_ready.result()
+        ready.done.wait()
+        if ready.error is not None:
+            raise ready.error
     except BaseException as exc:
         abandon.set()
-        # a failed device server explains more than the service that gave up because of it
-        cause = devices_ready.exception(0) if devices_ready.done() else None
+        # a failed database or device server explains more than the service that gave up
+        # because of it
+        cause = ready.error if ready.done.is_set() else None
         if cause is not None and cause is not exc:
             raise cause from exc
         raise
     finally:
         abandon.set()  # ends the watch of wait()
-    LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(devices))
+    env["TANGO_HOST"] = address.get()  # for what the stack starts from now on (restarts)
+    LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(names))
     return context
 
 
 def restart_device_server(context: StackContext) -> subprocess.Popen:
     """A new ``OETDeviceServer`` for the stack's devices, once they all answer. Its engines
     record the procedures the crashed one was running as FAILED (DESIGN §3)."""
-    server = start_device_server(context.data_dir, context.options.host, context.env)
+    server = start_device_server(
+        context.data_dir, context.options.host, context.env, context.address
+    )
     try:
         wait_for_devices(
             context.tango_host, context.devices, server, context.data_dir, context.stopping

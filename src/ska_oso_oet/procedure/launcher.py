@@ -220,7 +220,11 @@ class WorkerLauncher:
         warm_workers: int = 2,
         python: str = sys.executable,
         nice: int = 5,
+        start: bool = True,
     ):
+        """``start=False`` defers the fork server to :meth:`start` (the device server starts it
+        once its devices answer, so that its imports do not slow the server's own start);
+        workers asked for meanwhile wait for it."""
         self.python = python
         self._nice = nice
         self._preload = tuple(preload_modules)
@@ -244,13 +248,56 @@ class WorkerLauncher:
         self._deaths: collections.deque[float] = collections.deque(maxlen=_RESTART_BURST + 1)
         self._zygote: subprocess.Popen | None = None
         self._control: socket.socket | None = None
-        self._start_zygote()
+        #: True until the first fork server is up (``start=False``): forks wait for it.
+        self._starting = not start
+        self._started = False
         self._refill_needed = threading.Event()
-        self._refill_needed.set()
         self._refiller = threading.Thread(
             target=self._refill_loop, name="oet-warm-pool", daemon=True
         )
+        self._start_requested = threading.Event()
+        if start:
+            self._start_zygote()
+            self._started = True
+            self._refill_needed.set()
+        else:
+            # Created now, not in start(): a thread inherits the signal mask of the thread that
+            # creates it, and start() may be called from a Tango thread (stop signals blocked),
+            # which the fork server and its workers would then inherit.
+            threading.Thread(target=self._first_start, name="oet-zygote-start", daemon=True).start()
         self._refiller.start()
+
+    def start(self) -> None:
+        """Start the fork server deferred by ``start=False`` (returns at once), then fill the
+        warm pool. A second call does nothing."""
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+        self._start_requested.set()
+
+    def _first_start(self) -> None:
+        self._start_requested.wait()
+        if self._closed:
+            return
+        try:
+            self._start_zygote()
+        except (OSError, EngineUnavailable, ValueError) as exc:
+            with self._lock:
+                self._zygote_error = f"the worker fork server did not start: {exc}"
+                self._starting = False
+                self._changed.notify_all()
+            LOGGER.error(self._zygote_error)
+            self._notify()
+            return
+        with self._lock:
+            self._starting = False
+            self._changed.notify_all()
+            closed, control = self._closed, self._control
+        if closed and control is not None:  # closed while it started: it ends on EOF
+            with contextlib.suppress(OSError):
+                control.shutdown(socket.SHUT_RDWR)
+        self._refill_needed.set()
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -409,10 +456,12 @@ class WorkerLauncher:
         deadline = time.monotonic() + _SPAWN_TIMEOUT
         try:
             with self._lock:
-                # A fork server being restarted is waited for, not failed on.
-                while self._degraded and not (self._zygote_error or self._closed):
+                # A fork server being started or restarted is waited for, not failed on.
+                while (self._degraded or self._starting) and not (
+                    self._zygote_error or self._closed
+                ):
                     if not self._changed.wait(deadline - time.monotonic()):
-                        raise EngineUnavailable(self._degraded or "fork server restarting")
+                        raise EngineUnavailable(self._degraded or "fork server starting")
                 if self._zygote_error or self._closed:
                     raise EngineUnavailable(self._zygote_error or "launcher is closed")
                 generation = self._generation
@@ -485,6 +534,9 @@ class WorkerLauncher:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._starting = False
+        self._start_requested.set()  # a deferred start that never came ends its thread
+        with self._lock:
             warm, self._warm = list(self._warm), collections.deque()
             self._changed.notify_all()
             control, zygote = self._control, self._zygote

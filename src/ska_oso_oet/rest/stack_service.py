@@ -1,9 +1,11 @@
 """The REST gateway as a service of ``oet-stack`` (see :mod:`ska_oso_oet.stack`).
 
-``oet-stack`` calls :func:`add_arguments` while building its parser and :func:`start` once the
-devices answer. The gateway runs as its own process (``python -m ska_oso_oet.rest.server``)
-fronting one device, and :func:`start` returns once it has reached that device, after printing
-the API's URL. Nothing here imports FastAPI or Tango, so ``oet-stack --help`` stays quick.
+``oet-stack`` calls :func:`add_arguments` while building its parser and :func:`start` as it
+starts the database. The gateway runs as its own process (``python -m
+ska_oso_oet.rest.server``, started through :meth:`ska_oso_oet.stack.StackContext.start_child`,
+so that it imports while the database starts) fronting one device, and :func:`start` returns
+once it has reached that device, after printing the API's URL. Nothing here imports FastAPI or
+Tango, so ``oet-stack --help`` stays quick.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 START_TIMEOUT = 60.0
+MODULE = "ska_oso_oet.rest.server"
+#: What the gateway imports before it has TANGO_HOST: its app and tango (its first connection).
+PRELOAD = ("tango", "ska_oso_oet.rest.app")
 _RUNNING = "Uvicorn running on "
 
 
@@ -60,18 +63,21 @@ def start(context: Any) -> subprocess.Popen[bytes] | None:
     others = [d for d in context.devices if d != device]
     log_path = context.data_dir / "oet-gateway.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
-    command = [
-        sys.executable, "-m", "ska_oso_oet.rest.server", "--host", host,
-        "--port", str(options.rest_port), "--device", device, "--tango-host", context.tango_host,
-    ]  # fmt: skip
+    args = ["--host", host, "--port", str(options.rest_port), "--device", device]
     if others:
-        command += ["--devices", ",".join(others)]
-    if hasattr(context, "child_command"):  # dies with oet-stack, however that dies
-        command = context.child_command(command)
+        args += ["--devices", ",".join(others)]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=context.env, start_new_session=True
-        )
+        if hasattr(context, "start_child"):
+            # Started at once, while the database starts: it imports meanwhile (tango too,
+            # which its first connection needs) and runs once it has TANGO_HOST; it dies with
+            # oet-stack, however that dies.
+            process = context.start_child(MODULE, args, log, preload=PRELOAD)
+        else:
+            command = [sys.executable, "-m", MODULE, *args, "--tango-host", context.tango_host]
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=context.env,
+                start_new_session=True,
+            )  # fmt: skip
     stopping = getattr(context, "stopping", None)
     try:
         origin = _wait_until_listening(process, log_path, offset, stopping)
@@ -117,13 +123,16 @@ def _wait_until_listening(
         text = log_path.read_bytes()[offset:].decode(errors="replace")
         if _RUNNING in text:
             return text.split(_RUNNING, 1)[1].split()[0].replace("://0.0.0.0:", "://localhost:")
-        time.sleep(0.05)  # waiting for a child process's start-up line
+        time.sleep(0.01)  # waiting for a child process's start-up line
 
 
 def _wait_until_connected(
     process: subprocess.Popen[bytes], log_path: Any, url: str, stopping: Any = None
 ) -> None:
     """Until ``GET {url}/procedures`` answers 200: the gateway has reached that device."""
+    import urllib.error  # here: the oet-stack parent needs it only while it starts
+    import urllib.request
+
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         _check(process, log_path, deadline, stopping)
@@ -131,4 +140,4 @@ def _wait_until_connected(
             with urllib.request.urlopen(f"{url}/procedures", timeout=5):
                 return
         except (urllib.error.URLError, OSError):
-            time.sleep(0.1)  # 503 until the device is reached
+            time.sleep(0.02)  # 503 until the device is reached

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tango
 import tango.server
@@ -35,8 +35,12 @@ EVENT_BUFFER_HWM = "200000"
 LOGGER = logging.getLogger(__name__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the device server until it is told to stop (Ctrl-C, SIGTERM, DServer Kill)."""
+def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None = None) -> int:
+    """Run the device server until it is told to stop (Ctrl-C, SIGTERM, DServer Kill).
+
+    :param on_ready: called once the devices exist, before the server serves (``oet-stack``
+        checks them from there, see :mod:`ska_oso_oet.stack_child`)
+    """
     # Tango's Starter leaves SIGTERM, SIGINT, SIGHUP and SIGQUIT blocked in the mask it hands
     # down; unblocked here, before any thread exists, so every thread, the fork server and
     # the scripts receive them (``kill -TERM`` of the server works, stops do not end in
@@ -48,13 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm = _warm_workers_property(args)
     config = config_from_sources({"warm_workers": warm}, os.environ)
 
-    def new_launcher() -> WorkerLauncher:
-        return WorkerLauncher(config.preload_modules, config.warm_workers, nice=config.worker_nice)
+    def new_launcher(start: bool = True) -> WorkerLauncher:
+        return WorkerLauncher(
+            config.preload_modules, config.warm_workers, nice=config.worker_nice, start=start
+        )
 
-    launcher = new_launcher()
+    # The fork server (which imports tango and pubsub) starts once the devices exist, not
+    # before: it would compete with the server's own start for the CPU; a Prepare that comes
+    # first waits for it.
+    launcher = new_launcher(start=False)
     runtime.install_launcher(launcher, factory=new_launcher)  # factory: for Reset
+
+    def post_init() -> None:
+        launcher.start()
+        if on_ready is not None:
+            on_ready()
+
     try:
-        tango.server.run((OETDevice,), args=args)
+        tango.server.run((OETDevice,), args=args, post_init_callback=post_init)
     finally:
         current = runtime.shared_launcher()  # a Reset may have replaced the first one
         runtime.install_launcher(None)

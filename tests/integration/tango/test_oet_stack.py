@@ -338,8 +338,8 @@ def test_nothing_outlives_a_stack_killed_by_sigkill(tmp_path: Path) -> None:
 
 
 def test_the_stack_parent_does_not_load_tango(supervised: RunningStack) -> None:
-    """Its Tango client work runs in short-lived probes (stack_probe.py): the long-running
-    parent stays small (issue 17)."""
+    """Its Tango client work runs in the children that load tango anyway (stack_child.py):
+    the long-running parent stays small (issue 17)."""
     maps = Path(f"/proc/{supervised.process.pid}/maps").read_text()
     assert "_tango" not in maps and "libtango" not in maps
     assert psutil.Process(supervised.process.pid).memory_info().rss < 60 * 1024 * 1024
