@@ -9,7 +9,10 @@
   503) even while the device or the Tango database is down, and connects when they come up;
 * ONE ``lastEvent`` change-event subscription feeds the :class:`~.hub.EventHub`. It is
   stateless, so Tango re-subscribes by itself after a device server restart; the hub drops the
-  repeated current value Tango sends on each (re)subscription by its sequence number.
+  repeated current value Tango sends on each (re)subscription by its sequence number;
+* the ``procedures`` change events keep a :class:`~.listing.ProcedureListing`, so that listing
+  procedures costs no Tango read, and the ``longRunningCommandResult`` events end the waits
+  for commands whose answer is their LRC result (``Switch``), without polling.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -32,6 +36,7 @@ from ..vocabulary import ACCEPTED_RESULT_CODES, REFUSED_RESULT_CODES, ResultCode
 from . import errors
 from .errors import GatewayError
 from .hub import EventHub, HubEvent
+from .listing import ProcedureListing, Snapshot
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +49,10 @@ EVENT_CHANNEL_TIMEOUT = 15.0
 
 #: How long after it starts trying a client retries every 0.1 s to reach its device.
 _EAGER_CONNECT_SECONDS = 20.0
+#: LRC results kept for waits that begin after their result arrived.
+_LRC_RESULTS_KEPT = 256
+#: How often a wait for an LRC result asks the device, in case its event was lost.
+_LRC_CHECK_SECONDS = 2.0
 
 
 class DeviceClient(abc.ABC):
@@ -101,13 +110,17 @@ class DeviceClient(abc.ABC):
         force: bool,
         script_args: dict[str, Any] | None = None,
         requested_by: str | None = None,
-    ) -> None:
-        """TOO switch: stop what runs on the procedure's device, then start it (READY)."""
+        timeout: float = 90.0,
+    ) -> dict[str, Any]:
+        """TOO switch: stop what runs on the procedure's device, then start it (READY).
+
+        Returns once it runs (at most ``timeout`` s): ``{"stopped": [summaries], "started":
+        summary}``, the device's ``Switch`` result."""
         raise GatewayError(errors.NOT_IMPLEMENTED, "this device client offers no switch")
 
-    async def list_device_procedures(self, procedure_id: int) -> list[dict[str, Any]]:
-        """The procedures of the device holding ``procedure_id`` (one device: all of them)."""
-        return await self.list_procedures()
+    async def procedures_snapshot(self) -> Snapshot:
+        """:meth:`list_procedures` with a version to key cached answers on (None: do not)."""
+        return Snapshot(None, await self.list_procedures())
 
     @abc.abstractmethod
     async def pause_procedure(
@@ -222,21 +235,33 @@ class TangoDeviceClient(DeviceClient):
         self._connect_task: asyncio.Task[None] | None = None
         self._connect_error = "not connected yet"
         self._subarray_id: int | None = None
+        self._event_ids: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listing = ProcedureListing()
+        hub.add_observer(self.listing.on_events)
+        #: command id -> (ResultCode, message) of recent LRC results (loop thread)
+        self._lrc_results: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._lrc_waiters: dict[str, asyncio.Future[tuple[int, str]]] = {}
 
     async def start(self) -> None:
         await super().start()
+        self._loop = asyncio.get_running_loop()
         self._connect_task = asyncio.create_task(self._connect_loop(), name="tango-connect")
 
     async def close(self) -> None:
         if self._connect_task is not None:
             self._connect_task.cancel()
-        proxy, event_id = self._proxy, self._event_id
-        if proxy is not None and event_id is not None:
+        proxy, event_ids = self._proxy, list(self._event_ids)
+        if proxy is not None and event_ids:
             loop = asyncio.get_running_loop()
+
+            def unsubscribe() -> None:
+                for event_id in event_ids:
+                    with contextlib.suppress(Exception):
+                        proxy.unsubscribe_event(event_id)
+
             try:
-                await asyncio.wait_for(
-                    loop.run_in_executor(self._executor, proxy.unsubscribe_event, event_id), 5
-                )
+                await asyncio.wait_for(loop.run_in_executor(self._executor, unsubscribe), 5)
             except Exception:
                 LOGGER.debug("unsubscribe at shutdown failed", exc_info=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -294,6 +319,19 @@ class TangoDeviceClient(DeviceClient):
         self._event_id = proxy.subscribe_event(
             "lastEvent", tango.EventType.CHANGE_EVENT, self._on_event, stateless=True
         )
+        self._event_ids = [self._event_id]
+        for attribute, callback in (
+            ("procedures", self._on_procedures),
+            ("longRunningCommandResult", self._on_lrc_result),
+        ):
+            try:
+                self._event_ids.append(
+                    proxy.subscribe_event(
+                        attribute, tango.EventType.CHANGE_EVENT, callback, stateless=True
+                    )
+                )
+            except Exception:  # an older device: lists are read, LRC results asked for
+                LOGGER.warning("no %s events from %s", attribute, self.device, exc_info=True)
         self._confirm_event_channel(proxy, tango)
         self._proxy = proxy
 
@@ -343,6 +381,80 @@ class TangoDeviceClient(DeviceClient):
         if isinstance(value, str):
             self.hub.feed_threadsafe(value)
 
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile (shutting down)
+                loop.call_soon_threadsafe(callback, *args)
+
+    def _on_procedures(self, event: Any) -> None:
+        """Tango event thread: the device's list, or an error (channel or device gone)."""
+        value = None if event.err else getattr(event.attr_value, "value", None)
+        if isinstance(value, str):
+            self._to_loop(self.listing.on_value, value)
+        else:
+            self._to_loop(self.listing.on_error)
+
+    def _on_lrc_result(self, event: Any) -> None:
+        """Tango event thread: ``(command_id, json [ResultCode, message])``."""
+        value = None if event.err else getattr(event.attr_value, "value", None)
+        if value is not None and len(value) == 2 and value[0]:
+            try:
+                code, message = json.loads(value[1])
+                self._to_loop(self._lrc_result_arrived, str(value[0]), int(code), str(message))
+            except (ValueError, TypeError):
+                LOGGER.warning("%s sent a malformed LRC result: %.200r", self.device, value)
+
+    def _lrc_result_arrived(self, command_id: str, code: int, message: str) -> None:
+        self._lrc_results[command_id] = (code, message)
+        while len(self._lrc_results) > _LRC_RESULTS_KEPT:
+            self._lrc_results.popitem(last=False)
+        waiter = self._lrc_waiters.pop(command_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result((code, message))
+
+    async def _lrc_outcome(self, command_id: str, timeout: float) -> tuple[int, str]:
+        """The LRC result of ``command_id``: from its change event, or from ``lrcFinished``
+        when no event came for a while (events interrupted by a device restart)."""
+        known = self._lrc_results.get(command_id)
+        if known is not None:
+            return known
+        waiter = self._lrc_waiters.setdefault(
+            command_id, asyncio.get_running_loop().create_future()
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(waiter), max(0.0, min(remaining, _LRC_CHECK_SECONDS))
+                    )
+                except TimeoutError:
+                    finished = await self._finished_result(command_id)
+                    if finished is not None:
+                        return finished
+                    if remaining <= _LRC_CHECK_SECONDS:
+                        raise GatewayError(
+                            errors.DEVICE_TIMEOUT,
+                            f"{command_id} did not finish within {timeout:g} s",
+                        ) from None
+        finally:
+            if self._lrc_waiters.get(command_id) is waiter:
+                del self._lrc_waiters[command_id]
+
+    async def _finished_result(self, command_id: str) -> tuple[int, str] | None:
+        def read(proxy: Any) -> Any:
+            return proxy.read_attribute("lrcFinished").value
+
+        for text in await self._call(read) or ():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                entry = json.loads(text)
+                if entry.get("uid") == command_id and "result" in entry:
+                    code, message = entry["result"]
+                    return int(code), str(message)
+        return None
+
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         proxy = self._proxy
         if proxy is None:
@@ -366,7 +478,10 @@ class TangoDeviceClient(DeviceClient):
 
     async def _lrc(self, name: str, body: dict[str, Any]) -> str:
         """Run a long-running command; returns its command id once the device accepted it."""
-        codes, messages = await self._command(name, json.dumps(body))
+        try:
+            codes, messages = await self._command(name, json.dumps(body))
+        finally:  # whatever it changed is read from the device, not the copy
+            self.listing.invalidate()
         code = int(codes[0])
         message = str(messages[0]) if len(messages) else ""
         if code not in ACCEPTED_RESULT_CODES:
@@ -387,7 +502,10 @@ class TangoDeviceClient(DeviceClient):
     ) -> dict[str, Any]:
         command_id = await self._lrc("Prepare", _audited(request, requested_by))
         # The procedure exists (CREATING) once Prepare returns and carries the command id.
-        return _loads(await self._command("GetProcedure", command_id), "GetProcedure")
+        summary = _loads(await self._command("GetProcedure", command_id), "GetProcedure")
+        if isinstance(summary, dict) and isinstance(summary.get("id"), int):
+            self.listing.expect(summary["id"])  # lists show it from now on
+        return summary
 
     async def start_procedure(
         self,
@@ -431,18 +549,47 @@ class TangoDeviceClient(DeviceClient):
         force: bool,
         script_args: dict[str, Any] | None = None,
         requested_by: str | None = None,
-    ) -> None:
+        timeout: float = 90.0,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"procedure_id": procedure_id, "run_abort": run_abort}
         body["force"] = force
         if script_args:
             body["script_args"] = script_args
-        await self._lrc("Switch", _audited(body, requested_by))
+        command_id = await self._lrc("Switch", _audited(body, requested_by))
+        code, message = await self._lrc_outcome(command_id, timeout)
+        if code != ResultCode.OK:
+            raise GatewayError(errors.DEVICE_ERROR, message)
+        result = _loads(message, "the Switch result")
+        if not isinstance(result, dict) or not isinstance(result.get("started"), dict):
+            raise GatewayError(errors.DEVICE_ERROR, "the device sent a malformed Switch result")
+        return result
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")
 
     async def list_procedures(self) -> list[dict[str, Any]]:
-        return await self._read_json_list("procedures")
+        return (await self.procedures_snapshot()).summaries
+
+    async def procedures_snapshot(self) -> Snapshot:
+        listing = self.listing
+        current = listing.current()
+        if current is None and listing.pending:
+            await listing.settle()  # the value that shows the change is on its way
+            current = listing.current()
+        if current is not None:
+            return current
+        version = listing.version
+
+        def read(proxy: Any) -> str:
+            return proxy.read_attribute("procedures").value
+
+        text = await self._call(read)
+        try:
+            return listing.adopt(version, text or "[]")
+        except ValueError as exc:
+            raise GatewayError(
+                errors.DEVICE_ERROR, "the device sent malformed JSON for procedures"
+            ) from exc
 
     async def run_activity(
         self, request: dict[str, Any], requested_by: str | None = None

@@ -25,6 +25,7 @@ from . import errors
 from .client import DeviceClient
 from .errors import GatewayError
 from .hub import EventHub, HubEvent
+from .listing import Snapshot
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,9 +57,11 @@ class RoutedClient(DeviceClient):
             super().__init__(next(iter(self.devices.values())).hub)
             self._stride = id_stride
             self._owners = OrderedDict()
+            self._merged: Snapshot | None = None
             return
         super().__init__(hub)
         self._stride = id_stride
+        self._merged = None
         #: (kind, id) -> device name, for ids seen in answers
         self._owners: OrderedDict[tuple[str, int], str] = OrderedDict()
         # The merged stream's ids start from the clock (in microseconds), so they keep growing
@@ -223,14 +226,12 @@ class RoutedClient(DeviceClient):
         force: bool,
         script_args: dict[str, Any] | None = None,
         requested_by: str | None = None,
-    ) -> None:
+        timeout: float = 90.0,
+    ) -> dict[str, Any]:
         device = await self._owner("procedure", procedure_id)
-        await self.devices[device].switch(procedure_id, run_abort, force, script_args, requested_by)
-
-    async def list_device_procedures(self, procedure_id: int) -> list[dict[str, Any]]:
-        """The procedures of the device holding ``procedure_id``."""
-        device = await self._owner("procedure", procedure_id)
-        return await self.devices[device].list_procedures()
+        return await self.devices[device].switch(
+            procedure_id, run_abort, force, script_args, requested_by, timeout
+        )
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         _, summary = await self._find(
@@ -239,7 +240,36 @@ class RoutedClient(DeviceClient):
         return summary
 
     async def list_procedures(self) -> list[dict[str, Any]]:
-        return sorted(await self._gather(lambda c: c.list_procedures()), key=_created)
+        return (await self.procedures_snapshot()).summaries
+
+    async def procedures_snapshot(self) -> Snapshot:
+        """Every device's list, merged oldest first; versioned (and the merge kept) while
+        every device's own list is."""
+        names = list(self.devices)
+        results = await asyncio.gather(
+            *(self.devices[n].procedures_snapshot() for n in names), return_exceptions=True
+        )
+        answered: list[tuple[str, Snapshot]] = []
+        failure: BaseException | None = None
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, GatewayError):
+                LOGGER.debug("%s left out of a merged answer: %s", name, result.message)
+                failure = failure or result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answered.append((name, result))
+        if not answered and failure is not None:
+            raise failure
+        versions = tuple((name, snapshot.version) for name, snapshot in answered)
+        if any(snapshot.version is None for _, snapshot in answered):
+            versions = None
+        merged = self._merged
+        if versions is None or merged is None or merged.version != versions:
+            summaries = [s for _, snapshot in answered for s in snapshot.summaries]
+            merged = Snapshot(versions, sorted(summaries, key=_created))
+            self._merged = merged if versions is not None else None
+        return merged
 
     async def device_of_procedure(self, procedure_id: int) -> str:
         """The name of the device running ``procedure_id``."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -41,6 +41,8 @@ from .schemas import (
     InputRequest,
     ProcedureSummary,
     StopResponse,
+    SwitchRequest,
+    SwitchResponse,
     UpdateProcedureRequest,
 )
 from .settings import RestSettings
@@ -104,11 +106,18 @@ class ProcedurePutRequest(BaseModel):
 
 router = APIRouter()
 
+#: The v7 list, encoded as FastAPI would for ``response_model=list[ProcedureSummary]``.
+LIST_ANSWER = TypeAdapter(list[ProcedureSummary])
+
+
+def _unwrapped(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return summaries
+
 
 @router.get("/procedures/", response_model=list[ProcedureSummary], tags=["procedures"])
-async def list_procedures(request: Request, client: ClientDep, caller: Viewer) -> Any:
+async def list_procedures(request: Request, client: ClientDep, caller: Viewer) -> Response:
     """Every procedure of every subarray, oldest first."""
-    return (await procedures.list_procedures(request, client, caller))["procedures"]
+    return await procedures.procedure_list_answer(request, client, LIST_ANSWER, _unwrapped)
 
 
 @router.post("/procedures/", status_code=201, response_model=ProcedureSummary, tags=["procedures"])
@@ -165,6 +174,24 @@ async def post_answer(
 ) -> Any:
     """Answer the script's pending question (409 when it is no longer pending)."""
     return (await procedures.post_answer(procedure_id, body, client, caller))["request"]
+
+
+@router.post(
+    "/procedures/{procedure_id}/switch", response_model=SwitchResponse, tags=["procedures"]
+)
+async def switch_procedure(
+    procedure_id: int,
+    body: SwitchRequest,
+    request: Request,
+    client: ClientDep,
+    settings: SettingsDep,
+    caller: Operator,
+) -> Any:
+    """Target-of-opportunity switch in one call: stop whatever runs on the subarray of this
+    READY procedure (``abort``: then run the abort script) and start it; ``force`` kills the
+    running script at once instead of waiting out its stop grace. Answers once it runs, with
+    ``{"stopped": [summaries], "started": summary}`` (409 when it is not READY)."""
+    return await procedures.switch(procedure_id, body, request, client, settings, caller.user)
 
 
 @router.get("/activities/", response_model=list[ActivitySummary], tags=["activities"])

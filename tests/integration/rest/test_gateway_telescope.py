@@ -219,6 +219,60 @@ def test_too_switch_through_rest_cooperative_and_forced(telescope):
         events.wait_for(is_event("procedure.lifecycle.complete", too1))
 
 
+def test_too_switch_through_v7(telescope):
+    """The same switch in v7 framing: unwrapped answer, {"detail": ...} errors, 422 list."""
+    v7_url = telescope.url.replace("/api/v1.0", "/ska-oso-oet/oet/api/v7")
+    with (
+        telescope.http() as http,
+        httpx.Client(base_url=v7_url, timeout=30) as v7,
+        EventStream(telescope.url) as events,
+    ):
+        victim = running_victim(http, telescope, events, "stubborn.py", 3)
+        too = ready_procedure(http, telescope, events, "forever.py", 3)
+        switched = v7.post(f"/procedures/{too}/switch", json={"force": True})
+        assert switched.status_code == 200, switched.text
+        answer = switched.json()
+        assert answer["started"]["id"] == too and answer["started"]["state"] == "RUNNING"
+        assert answer["started"]["uri"] == f"{v7_url}/procedures/{too}"
+        assert [(p["id"], p["state"]) for p in answer["stopped"]] == [(victim, "STOPPED")]
+
+        again = v7.post(f"/procedures/{too}/switch", json={})
+        assert again.status_code == 409 and "not READY" in again.json()["detail"]
+        missing = v7.post("/procedures/99999/switch", json={})
+        assert missing.status_code == 404 and isinstance(missing.json()["detail"], str)
+        invalid = v7.post(f"/procedures/{too}/switch", json={"force": "at once"})
+        assert invalid.status_code == 422
+        assert invalid.json()["detail"][0]["loc"] == ["body", "force"]
+        paths = v7.get("/openapi.json").json()["paths"]
+        assert "post" in paths["/procedures/{procedure_id}/switch"]
+        assert http.put(f"/procedures/{too}", json={"state": "STOPPED"}).status_code == 200
+
+
+def test_a_list_after_a_state_change_event_shows_it(telescope):
+    """GET /procedures answers from the gateway's copy of the devices' lists: a client that
+    saw a state change on /stream, or changed a procedure through Tango or the gateway,
+    then lists, sees the change."""
+    with telescope.http() as http, EventStream(telescope.url) as events:
+        for subarray in (1, 3):
+            pid = ready_procedure(http, telescope, events, "hello.py", subarray)
+            listed = {p["id"]: p["state"] for p in http.get("/procedures").json()["procedures"]}
+            assert listed[pid] == "READY"
+            start = json.dumps({"procedure_id": pid})
+            telescope.proxy(subarray).command_inout("Start", start)  # not through the gateway
+            for state in ("RUNNING", "COMPLETE"):
+                events.wait_for(is_event("procedure.lifecycle.statechange", pid, new_state=state))
+                listed = http.get("/procedures").json()["procedures"]
+                seen = {p["id"]: p for p in listed}[pid]
+                assert state in [s for s, _ in seen["history"]["process_states"]]
+                assert seen["state"] in ("RUNNING", "COMPLETE")  # RUNNING, or already ended
+            assert {p["id"]: p["state"] for p in listed}[pid] == "COMPLETE"
+            one = http.get(f"/procedures/{pid}").json()["procedure"]
+            assert one["history"] == {p["id"]: p for p in listed}[pid]["history"]
+        # A procedure created through the gateway is listed at once.
+        created = create(http, telescope, "hello.py", subarray_id=2)["id"]
+        assert created in [p["id"] for p in http.get("/procedures").json()["procedures"]]
+
+
 def test_too_switch_through_tango_waits_the_grace_unless_forced(telescope):
     with telescope.http() as http, EventStream(telescope.url) as events:
         device = telescope.proxy(3)

@@ -166,17 +166,21 @@ class FakeDevice(DeviceClient):
         force: bool,
         script_args: Any = None,
         requested_by: str | None = None,
-    ) -> None:
+        timeout: float = 90.0,
+    ) -> dict[str, Any]:
         self._check("Switch", {"procedure_id": procedure_id, "run_abort": run_abort})
         summary = self._get(procedure_id)
         if summary["state"] != "READY":
             raise GatewayError(
                 errors.STATE_CONFLICT, f"procedure {procedure_id} is {summary['state']}, not READY"
             )
+        stopped = []
         for pid, other in list(self.procedures.items()):
             if other["state"] == "RUNNING":
                 self.finish(pid, "STOPPED")
-        await self.start_procedure(procedure_id, script_args)
+                stopped.append(copy.deepcopy(self._get(pid)))
+        started = await self.start_procedure(procedure_id, script_args)
+        return {"stopped": stopped, "started": started}
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         self._check("GetProcedure", procedure_id)

@@ -9,9 +9,12 @@ has really stopped, as the original server did.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter
 
 from ...vocabulary import FINAL_STATES, PREPARING_STATES, ProcedureState
 from .. import errors
@@ -32,6 +35,11 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/procedures", tags=["procedures"])
+
+#: What FastAPI would do with ``response_model=ProcedureListResponse``, done once per list.
+LIST_ANSWER = TypeAdapter(ProcedureListResponse)
+#: Encoded answers kept per app (the newest few: one list per base URL and version).
+_ANSWERS_KEPT = 16
 
 
 def public_summary(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
@@ -58,10 +66,47 @@ def _procedure_base(request: Request) -> str:
 
 
 @router.get("", response_model=ProcedureListResponse, responses=error_responses(503))
-async def list_procedures(request: Request, client: ClientDep, _: Viewer) -> dict[str, Any]:
+async def list_procedures(request: Request, client: ClientDep, _: Viewer) -> Response:
     """List the procedures in the device's history window, oldest first."""
-    summaries = await client.list_procedures()
-    return {"procedures": [public_summary(request, s) for s in summaries]}
+    return await procedure_list_answer(request, client, LIST_ANSWER, _wrapped)
+
+
+def _wrapped(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"procedures": summaries}
+
+
+async def procedure_list_answer(
+    request: Request,
+    client: ClientDep,
+    adapter: TypeAdapter[Any],
+    frame: Callable[[list[dict[str, Any]]], Any],
+) -> Response:
+    """``GET /procedures`` of every API version: the list framed by ``frame`` and encoded as
+    FastAPI encodes ``adapter``'s response model (validated, then ``dump_json``), but once per
+    version of the device lists and base URL instead of on every request."""
+    snapshot = await client.procedures_snapshot()
+
+    def encode() -> bytes:
+        content = frame([public_summary(request, s) for s in snapshot.summaries])
+        return adapter.dump_json(adapter.validate_python(content))
+
+    if snapshot.version is None:
+        return Response(encode(), media_type="application/json")
+    key = (id(adapter), _procedure_base(request), snapshot.version)
+    return Response(_encoded(request, key, encode), media_type="application/json")
+
+
+def _encoded(request: Request, key: Hashable, encode: Callable[[], bytes]) -> bytes:
+    state = request.app.state
+    answers: OrderedDict[Hashable, bytes] | None = getattr(state, "encoded_answers", None)
+    if answers is None:
+        answers = state.encoded_answers = OrderedDict()
+    body = answers.get(key)
+    if body is None:
+        body = answers[key] = encode()
+        while len(answers) > _ANSWERS_KEPT:
+            answers.popitem(last=False)
+    return body
 
 
 @router.post(
@@ -215,30 +260,28 @@ async def switch_procedure(
     READY procedure (``abort``: then run the abort script), and start it. ``force`` kills the
     running script at once instead of waiting out its stop grace. Answers once the procedure
     is RUNNING (the device's ``Switch`` command)."""
-    before = await client.list_device_procedures(procedure_id)
-    running = [p["id"] for p in before if p["state"] == ProcedureState.RUNNING]
+    return await switch(procedure_id, body, request, client, settings, caller.user)
+
+
+async def switch(
+    procedure_id: int,
+    body: SwitchRequest,
+    request: Request,
+    client: ClientDep,
+    settings: SettingsDep,
+    requested_by: str | None = None,
+) -> dict[str, Any]:
+    """POST /procedures/{id}/switch, shared by every API version: the answer is the device's
+    ``Switch`` result (what it stopped, with the abort script, and the TOO as it started),
+    which arrives as the command's LRC result once the TOO runs."""
     script_args = body.model_dump(mode="json", exclude_unset=True).get("script_args")
-    await client.switch(procedure_id, body.abort, body.force, script_args, caller.user)
     wait = settings.stop_wait_seconds + settings.start_wait_seconds
-    started = await client.wait_for_state(
-        procedure_id, {ProcedureState.RUNNING, *FINAL_STATES}, wait
+    result = await client.switch(
+        procedure_id, body.abort, body.force, script_args, requested_by, timeout=wait
     )
-    if started["state"] != ProcedureState.RUNNING and not any(
-        state == ProcedureState.RUNNING for state, _ in started["history"]["process_states"]
-    ):
-        raise GatewayError(
-            errors.DEVICE_TIMEOUT if started["state"] not in FINAL_STATES else errors.DEVICE_ERROR,
-            f"switch to procedure {procedure_id}: it is {started['state']}, it never ran",
-        )
-    stopped = [await client.get_procedure(pid) for pid in running if pid != procedure_id]
-    aborts = []
-    if body.abort:  # the abort script ran as a procedure of its own: the one not there before
-        known = {p["id"] for p in before} | {procedure_id}
-        after = await client.list_device_procedures(procedure_id)
-        aborts = [p for p in after if p["id"] not in known]
     return {
-        "stopped": [public_summary(request, s) for s in [*stopped, *aborts]],
-        "started": public_summary(request, started),
+        "stopped": [public_summary(request, s) for s in result.get("stopped") or []],
+        "started": public_summary(request, result["started"]),
     }
 
 
