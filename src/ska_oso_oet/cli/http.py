@@ -152,6 +152,18 @@ class OetHttp:
     def create_activity(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/activities", body)["activity"]
 
+    def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/groups", body)["group"]
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/groups")["groups"]
+
+    def get_group(self, group_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/groups/{group_id}")["group"]
+
+    def disband_group(self, group_id: int) -> dict[str, Any]:
+        return self._request("PUT", f"/groups/{group_id}", {"state": "DISBANDED"})["group"]
+
     # --- event stream ------------------------------------------------------------------------
     def events(
         self,

@@ -2,6 +2,7 @@
 
     oet [--server-url URL] procedure create|list|start|stop|describe|pause|resume|answer
     oet [--server-url URL] activity run|list|describe
+    oet [--server-url URL] group create|list|describe|disband
     oet [--server-url URL] listen
 
 The older top-level forms (``oet create``, ``oet list``, ``oet start``, ``oet stop``,
@@ -20,7 +21,7 @@ from typing import Annotated
 import typer
 
 from .args import normalise_flags
-from .commands import activities, events, operator, procedures
+from .commands import activities, events, groups, operator, procedures
 from .commands.common import CliState
 from .http import DEFAULT_URL
 
@@ -39,11 +40,17 @@ app = typer.Typer(
 procedure_app = typer.Typer(help="Prepare, run, stop and inspect procedures (scripts).",
                             no_args_is_help=True)  # fmt: skip
 activity_app = typer.Typer(help="Run the activities of scheduling blocks.", no_args_is_help=True)
+group_app = typer.Typer(
+    help="Link procedures of several subarrays: when one fails, the others are stopped.",
+    no_args_is_help=True,
+)
 
 procedures.register(procedure_app)
 activities.register(activity_app)
 app.add_typer(procedure_app, name="procedure")
 app.add_typer(activity_app, name="activity")
+groups.register(group_app)
+app.add_typer(group_app, name="group")
 app.command("listen")(events.listen)
 procedures.register(app, rich_help_panel="Procedure commands (short forms)")
 operator.register(procedure_app)

@@ -23,9 +23,10 @@ from . import v7
 from .auth import Authenticator
 from .client import DeviceClient, TangoDeviceClient
 from .errors import install_error_handlers
+from .group_client import GroupsClient, TangoGroupsClient
 from .hub import EventHub
 from .limits import RequestLimits
-from .routes import activities, health, procedures, stream
+from .routes import activities, groups, health, procedures, stream
 from .routing import RoutedClient
 from .settings import RestSettings
 
@@ -42,6 +43,7 @@ def create_app(
     settings: RestSettings | None = None,
     client: DeviceClient | None = None,
     extra_clients: Mapping[str, DeviceClient] | None = None,
+    groups_client: GroupsClient | None = None,
 ) -> FastAPI:
     """Build the gateway app.
 
@@ -52,6 +54,8 @@ def create_app(
     :param client: the client of ``settings.device``; by default a :class:`TangoDeviceClient`,
         created (and connected in the background) in the app's lifespan
     :param extra_clients: clients of ``settings.devices`` by device name (same default)
+    :param groups_client: the client of the groups device (``/groups``); by default a Tango
+        client of ``settings.groups_device`` when the device clients are the default ones
     """
     settings = settings or RestSettings()
     authenticator = Authenticator.from_settings(settings)
@@ -71,11 +75,17 @@ def create_app(
         if v7_app is not None:  # the same routing client: one implementation, two framings
             v7_app.state.client = app.state.client
         monitor.attach(device_clients)
-        started: list[DeviceClient] = []
+        linked = _groups_client(settings, groups_client, client is None)
+        for api in (app, *mounted.values()):
+            api.state.groups = linked
+        if linked is not None and len(device_clients) > 1:
+            linked.hub.add_observer(app.state.client.hub.relay)  # group events on /stream
+        started: list[Any] = []
         try:
-            for device_client in [*device_clients.values(), app.state.client]:
-                await device_client.start()
-                started.append(device_client)
+            for device_client in [*device_clients.values(), app.state.client, linked]:
+                if device_client is not None:
+                    await device_client.start()
+                    started.append(device_client)
             yield
         finally:
             for device_client in reversed(started):
@@ -112,6 +122,20 @@ def subarray_prefix(device: str) -> str:
     return f"/subarray/{match.group(1) if match else re.sub(r'[^A-Za-z0-9_-]+', '-', device)}"
 
 
+def _groups_client(
+    settings: RestSettings, given: GroupsClient | None, default: bool
+) -> GroupsClient | None:
+    if given is not None or not default or not settings.groups_device:
+        return given
+    return TangoGroupsClient(
+        settings.trl(settings.groups_device),
+        EventHub(settings.replay_size, settings.client_queue_size),
+        timeout_ms=settings.tango_timeout_ms,
+        threads=2,
+        reconnect_seconds=settings.reconnect_seconds,
+    )
+
+
 def _tango_client(settings: RestSettings) -> TangoDeviceClient:
     return TangoDeviceClient(
         settings.device_trl,
@@ -144,7 +168,8 @@ def _api(
     if not authenticator.enabled:
         _document_as_open(app)
     install_error_handlers(app)
-    for router in (procedures.router, activities.router, activities.sbd_router, stream.router):
+    routers = (procedures.router, activities.router, activities.sbd_router, groups.router)
+    for router in (*routers, stream.router):
         app.include_router(router, prefix=base)
     return app
 

@@ -23,6 +23,9 @@ class RestSettings(BaseSettings):
     #: More devices, each served at ``/subarray/<n>`` + ``base_path`` (comma-separated in the
     #: environment), e.g. ``oso/oet/2,oso/oet/3``.
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: The OETGroups device of linked observation groups (``/groups``); empty: none (the
+    #: routes answer 503).
+    groups_device: str = "oso/oet/groups"
     #: ``host:port`` of the Tango database; None uses the process's ``TANGO_HOST``.
     tango_host: str | None = None
     base_path: str = "/api/v1.0"
@@ -100,6 +103,10 @@ class RestSettings(BaseSettings):
     @property
     def device_trl(self) -> str:
         """The device name, fully qualified when a Tango host is configured."""
-        if self.tango_host and not self.device.startswith("tango://"):
-            return f"tango://{self.tango_host}/{self.device}"
-        return self.device
+        return self.trl(self.device)
+
+    def trl(self, device: str) -> str:
+        """``device`` fully qualified when a Tango host is configured."""
+        if self.tango_host and not device.startswith("tango://"):
+            return f"tango://{self.tango_host}/{device}"
+        return device

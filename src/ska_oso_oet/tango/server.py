@@ -1,7 +1,8 @@
 """``OETDeviceServer <instance> [tango options]``: the OET Tango device server.
 
 Runs one OETDevice per device registered for ``OETDeviceServer/<instance>`` in the Tango
-database, or the devices named on the command line without a database::
+database (and the OETGroups device of linked groups, when one is registered there), or the
+devices named on the command line without a database::
 
     OETDeviceServer test -nodb -dlist oso/oet/1 -ORBendPoint giop:tcp:127.0.0.1:45678
 
@@ -27,6 +28,7 @@ from ..procedure.launcher import WorkerLauncher
 from ..procedure.worker import STOP_SIGNALS
 from . import runtime
 from .device import OETDevice
+from .groups import OETGroups
 from .logs import configure_process_logging
 
 SERVER_NAME = "OETDeviceServer"
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None 
             on_ready()
 
     try:
-        tango.server.run((OETDevice,), args=args, post_init_callback=post_init)
+        tango.server.run((OETDevice, OETGroups), args=args, post_init_callback=post_init)
     finally:
         current = runtime.shared_launcher()  # a Reset may have replaced the first one
         runtime.install_launcher(None)
