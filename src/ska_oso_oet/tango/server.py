@@ -71,7 +71,10 @@ def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None 
             on_ready()
 
     try:
-        tango.server.run((OETDevice, OETGroups), args=args, post_init_callback=post_init)
+        # OETGroups (linked groups) is hosted beside, except without a database, where the
+        # -dlist devices would go to the last class (OETGroupsServer runs it alone then).
+        classes = (OETDevice,) if "-nodb" in args else (OETDevice, OETGroups)
+        tango.server.run(classes, args=args, post_init_callback=post_init)
     finally:
         current = runtime.shared_launcher()  # a Reset may have replaced the first one
         runtime.install_launcher(None)

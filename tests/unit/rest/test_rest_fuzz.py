@@ -27,6 +27,7 @@ from ska_oso_oet.rest.app import create_app
 from ska_oso_oet.rest.auth import hash_token
 from ska_oso_oet.rest.settings import RestSettings
 from tests.unit.rest.gateway_fakes import FakeDevice
+from tests.unit.rest.group_fakes import FakeGroups
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -47,10 +48,15 @@ def _tokens_file() -> Path:
 
 secured = schemathesis.openapi.from_asgi(
     OPENAPI,
-    create_app(RestSettings(auth_tokens_file=_tokens_file(), **_SETTINGS), client=FakeDevice()),
+    create_app(
+        RestSettings(auth_tokens_file=_tokens_file(), **_SETTINGS),
+        client=FakeDevice(),
+        groups_client=FakeGroups(),
+    ),
 )
 open_gateway = schemathesis.openapi.from_asgi(
-    OPENAPI, create_app(RestSettings(**_SETTINGS), client=FakeDevice())
+    OPENAPI,
+    create_app(RestSettings(**_SETTINGS), client=FakeDevice(), groups_client=FakeGroups()),
 )
 fuzz = settings(
     max_examples=EXAMPLES,

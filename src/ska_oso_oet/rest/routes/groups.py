@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .. import errors
 from ..auth import Operator, Viewer
@@ -26,16 +33,45 @@ Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
 GroupId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
+def _unique(ids: list[int]) -> list[int]:
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"procedure {repeated[0]} is listed more than once")
+    return ids
+
+
+_ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+UniqueIds = Annotated[
+    list[Id],
+    AfterValidator(_unique),
+    WithJsonSchema({"type": "array", "uniqueItems": True, "items": _ID_SCHEMA}),
+]
+
+
 class CreateGroupRequest(BaseModel):
     """Body of ``POST /groups``: at least two procedures or activities in all."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"procedures": [101, 202, 303], "abort": True}]},
+        json_schema_extra={
+            "examples": [{"procedures": [101, 202, 303], "abort": True}],
+            # At least two members in all (the groups device checks it too).
+            "anyOf": [
+                {"required": ["procedures"], "properties": {"procedures": {"minItems": 2}}},
+                {"required": ["activities"], "properties": {"activities": {"minItems": 2}}},
+                {
+                    "required": ["procedures", "activities"],
+                    "properties": {
+                        "procedures": {"minItems": 1},
+                        "activities": {"minItems": 1},
+                    },
+                },
+            ],
+        },
     )
-    procedures: list[Id] = Field(default_factory=list, max_length=64)
+    procedures: UniqueIds = Field(default_factory=list, max_length=64)
     #: Activities, each standing for its procedure.
-    activities: list[Id] = Field(default_factory=list, max_length=64)
+    activities: UniqueIds = Field(default_factory=list, max_length=64)
     name: str = Field("", max_length=128)
     #: Halt the other members with their subarray's abort script after the stop.
     abort: bool = False
@@ -46,9 +82,24 @@ class CreateGroupRequest(BaseModel):
 class AddMemberRequest(BaseModel):
     """Body of ``POST /groups/{id}/members``: one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
-    procedure_id: Id | None = None
-    activity_id: Id | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["procedure_id"], "not": {"required": ["activity_id"]}},
+                {"required": ["activity_id"], "not": {"required": ["procedure_id"]}},
+            ]
+        },
+    )
+    procedure_id: Annotated[Id | None, WithJsonSchema(_ID_SCHEMA)] = None
+    activity_id: Annotated[Id | None, WithJsonSchema(_ID_SCHEMA)] = None
+
+    @model_validator(mode="after")
+    def _one_of_them(self) -> AddMemberRequest:
+        given = [k for k in ("procedure_id", "activity_id") if getattr(self, k) is not None]
+        if len(given) != 1 or len(self.model_fields_set) != 1:
+            raise ValueError("give one of procedure_id, activity_id")
+        return self
 
 
 class UpdateGroupRequest(BaseModel):
@@ -106,7 +157,7 @@ def get_groups(request: Request) -> GroupsClient:
 GroupsDep = Annotated[GroupsClient, Depends(get_groups)]
 
 
-@router.get("", response_model=GroupListResponse, responses=error_responses(503))
+@router.get("", response_model=GroupListResponse, responses=error_responses(400, 503))
 async def list_groups(_: Viewer, groups: GroupsDep) -> dict[str, Any]:
     """Every group kept by the groups device (the active ones and the newest finished)."""
     return {"groups": await groups.list_groups()}
@@ -128,7 +179,7 @@ async def create_group(
     return {"group": await groups.create_group(request, requested_by=caller.user)}
 
 
-@router.get("/{group_id}", response_model=GroupResponse, responses=error_responses(404, 503))
+@router.get("/{group_id}", response_model=GroupResponse, responses=error_responses(400, 404, 503))
 async def get_group(group_id: GroupId, _: Viewer, groups: GroupsDep) -> dict[str, Any]:
     """One group, with its members and its history."""
     return {"group": await groups.get_group(group_id)}
@@ -144,8 +195,6 @@ async def add_member(
 ) -> dict[str, Any]:
     """Link one more procedure (or activity) into an ACTIVE group."""
     member = body.model_dump(exclude_none=True)
-    if len(member) != 1:
-        raise GatewayError(errors.INVALID_REQUEST, "give one of procedure_id, activity_id")
     return {"group": await groups.add_member(group_id, member, requested_by=caller.user)}
 
 
@@ -160,7 +209,7 @@ async def update_group(
 
 
 @router.delete(
-    "/{group_id}", response_model=GroupResponse, responses=error_responses(404, 409, 503)
+    "/{group_id}", response_model=GroupResponse, responses=error_responses(400, 404, 409, 503)
 )
 async def disband_group(group_id: GroupId, caller: Operator, groups: GroupsDep) -> dict[str, Any]:
     """Disband the group (as ``PUT {"state": "DISBANDED"}``); the group stays listed."""
