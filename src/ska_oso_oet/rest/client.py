@@ -122,6 +122,10 @@ class DeviceClient(abc.ABC):
         """:meth:`list_procedures` with a version to key cached answers on (None: do not)."""
         return Snapshot(None, await self.list_procedures())
 
+    def cached_procedures(self) -> Snapshot | None:
+        """The list when it is at hand without waiting (a current copy), else None."""
+        return None
+
     @abc.abstractmethod
     async def pause_procedure(
         self, procedure_id: int, immediate: bool, requested_by: str | None = None
@@ -569,6 +573,9 @@ class TangoDeviceClient(DeviceClient):
 
     async def list_procedures(self) -> list[dict[str, Any]]:
         return (await self.procedures_snapshot()).summaries
+
+    def cached_procedures(self) -> Snapshot | None:
+        return self.listing.current()
 
     async def procedures_snapshot(self) -> Snapshot:
         listing = self.listing

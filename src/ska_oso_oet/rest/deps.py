@@ -10,12 +10,14 @@ from .client import DeviceClient
 from .settings import RestSettings
 
 
-def get_settings(request: Request) -> RestSettings:
+# Both are coroutines: FastAPI runs a plain ``def`` dependency on its thread pool, a thread
+# hop per request for an attribute lookup.
+async def get_settings(request: Request) -> RestSettings:
     """The settings the app was built with."""
     return request.app.state.settings
 
 
-def get_client(request: Request) -> DeviceClient:
+async def get_client(request: Request) -> DeviceClient:
     """The device client opened in the app's lifespan."""
     return request.app.state.client
 

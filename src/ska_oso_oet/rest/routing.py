@@ -228,10 +228,32 @@ class RoutedClient(DeviceClient):
         requested_by: str | None = None,
         timeout: float = 90.0,
     ) -> dict[str, Any]:
-        device = await self._owner("procedure", procedure_id)
-        return await self.devices[device].switch(
-            procedure_id, run_abort, force, script_args, requested_by, timeout
+        return await self._at_owner(
+            "procedure",
+            procedure_id,
+            lambda c: c.switch(procedure_id, run_abort, force, script_args, requested_by, timeout),
         )
+
+    async def _at_owner(
+        self, kind: str, record_id: int, call: Callable[[DeviceClient], Awaitable[T]]
+    ) -> T:
+        """A command about one id, sent straight to the device its id names when the owner is
+        not known yet (a lookup first would cost a Tango round trip): the others are searched
+        only when that device does not know the id or cannot be reached (nothing was sent).
+        A timeout is not retried elsewhere: the command may have run."""
+        if (kind, record_id) not in self._owners:
+            likely = self.subarrays().get(record_id % self._stride)
+            if likely is not None:
+                try:
+                    answer = await call(self.devices[likely])
+                except GatewayError as exc:
+                    if exc.code not in (errors.NOT_FOUND, errors.DEVICE_UNREACHABLE):
+                        raise
+                else:
+                    self._remember(kind, record_id, likely)
+                    return answer
+        device = await self._owner(kind, record_id)
+        return await call(self.devices[device])
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
         _, summary = await self._find(
@@ -245,10 +267,26 @@ class RoutedClient(DeviceClient):
     async def procedures_snapshot(self) -> Snapshot:
         """Every device's list, merged oldest first; versioned (and the merge kept) while
         every device's own list is."""
+        cached = self.cached_procedures()
+        if cached is not None:
+            return cached
         names = list(self.devices)
         results = await asyncio.gather(
             *(self.devices[n].procedures_snapshot() for n in names), return_exceptions=True
         )
+        return self._merge(names, results)
+
+    def cached_procedures(self) -> Snapshot | None:
+        """The merged list when every device's copy is current: no task, no await."""
+        snapshots = []
+        for client in self.devices.values():
+            snapshot = client.cached_procedures()
+            if snapshot is None:
+                return None
+            snapshots.append(snapshot)
+        return self._merge(list(self.devices), snapshots)
+
+    def _merge(self, names: list[str], results: Sequence[Any]) -> Snapshot:
         answered: list[tuple[str, Snapshot]] = []
         failure: BaseException | None = None
         for name, result in zip(names, results, strict=True):

@@ -33,6 +33,7 @@ _FLAGS = {
     "base_path": "OET_REST_BASE_PATH",
     "v7_path": "OET_REST_V7_PATH",
     "log_level": "OET_REST_LOG_LEVEL",
+    "access_log": "OET_REST_ACCESS_LOG",
     "auth_tokens_file": "OET_REST_AUTH_TOKENS_FILE",
     "oidc_issuer": "OET_REST_OIDC_ISSUER",
     "oidc_audience": "OET_REST_OIDC_AUDIENCE",
@@ -83,6 +84,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
         help="[OET_REST_LOG_LEVEL] (default info)",
+    )
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_const",
+        const=False,
+        default=None,
+        help="no log line per request [OET_REST_ACCESS_LOG=false]",
     )
     auth = parser.add_argument_group("authentication (docs/security.md)")
     auth.add_argument(
@@ -159,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=settings.log_level,
         # SKA-format lines for everything, uvicorn's access and error logs included
         log_config=logging_config(settings.log_level, tags=LOG_TAGS),
+        access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         proxy_headers=True,
         **uvicorn_options(),

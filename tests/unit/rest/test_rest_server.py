@@ -40,6 +40,20 @@ def test_flags_override_the_environment_and_uvicorn_uses_the_factory(monkeypatch
     assert "OET_REST_TANGO_HOST" not in os.environ
 
 
+def test_the_access_log_is_on_unless_turned_off(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(server.uvicorn, "run", lambda app, **kw: seen.update(kw))
+    with mock.patch.dict(os.environ):
+        os.environ.pop("OET_REST_ACCESS_LOG", None)
+        server.main([])
+        assert seen["access_log"] is True
+        server.main(["--no-access-log"])
+        assert seen["access_log"] is False
+    with mock.patch.dict(os.environ, {"OET_REST_ACCESS_LOG": "false"}):
+        server.main([])
+        assert seen["access_log"] is False
+
+
 def test_invalid_configuration_exits_with_a_message(monkeypatch):
     monkeypatch.setenv("OET_REST_PORT", "not-a-port")
     monkeypatch.setattr(server.uvicorn, "run", lambda *a, **k: pytest.fail("must not serve"))

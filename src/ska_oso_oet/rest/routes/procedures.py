@@ -52,17 +52,39 @@ def _procedure_base(request: Request) -> str:
     """``uri`` of a procedure without its id. The route's path is looked up once per app (a
     walk over every route, the larger part of building a list's URIs) and the origin once per
     request."""
-    cached = request.scope.get("oet.procedure_base")
+    scope = request.scope
+    cached = scope.get("oet.procedure_base")
     if cached is None:
         state = request.app.state
         path = getattr(state, "procedure_path", None)
         if path is None:
             path = request.app.url_path_for("get_procedure", procedure_id="0")[:-1]
             state.procedure_path = path
-        root = request.scope.get("root_path", "")
-        cached = f"{request.url.scheme}://{request.url.netloc}{root}{path}"
-        request.scope["oet.procedure_base"] = cached
+        cached = f"{origin(request)}{scope.get('root_path', '')}{path}"
+        scope["oet.procedure_base"] = cached
     return cached
+
+
+#: Origins by (scheme, Host header, server address): built once, not per request.
+_ORIGINS: dict[tuple[Any, ...], str] = {}
+_ORIGINS_KEPT = 256
+
+
+def origin(request: Request) -> str:
+    """``scheme://host[:port]`` as Starlette's ``request.url`` gives it (from the Host
+    header, else the server's address), without parsing a URL per request."""
+    scope = request.scope
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    server = scope.get("server")  # a tuple from uvicorn, a list from some test clients
+    key = (scope.get("scheme", "http"), host, tuple(server) if server else None)
+    found = _ORIGINS.get(key)
+    if found is None:
+        url = request.url
+        found = f"{url.scheme}://{url.netloc}"
+        if len(_ORIGINS) >= _ORIGINS_KEPT:
+            _ORIGINS.clear()
+        _ORIGINS[key] = found
+    return found
 
 
 @router.get("", response_model=ProcedureListResponse, responses=error_responses(503))
