@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from .git_figures import g1_environment_builds, g2_cached_git_prepare
+from .group_figures import l1_linked_groups
 from .harness import BenchStack, OetClient
 from .http_figures import gateway, p6_events
 from .stack_figures import first_announce, stack_figures
@@ -50,6 +51,7 @@ FIGURES = (
     "P3",
     "P4",
     "T1",
+    "L1",
     "P5",
     "P6",
     "P7",
@@ -67,6 +69,7 @@ TITLES = {
     "P3": "Stop -> STOPPED (honours SIGTERM)",
     "P4": "TOO switch: stop running, start prepared -> TOO RUNNING",
     "T1": "One-call TOO switch (Switch) -> TOO RUNNING: Tango/REST, cooperative/forced",
+    "L1": "Linked group of 3 (3 servers): member FAILED -> all others STOPPED",
     "P5": "Command/read round trip, 16 busy devices",
     "P6": "20,000 announces -> Tango subscriber",
     "P7": "16 devices prepare+run+complete concurrently (wall)",
@@ -79,6 +82,7 @@ TITLES = {
     "A1": "first announce of a 10-message burst -> Tango subscriber",
 }
 PART_TITLES = {
+    "server_killed": "linked group of 3: member's server killed -> all others STOPPED",
     "start_to_complete_noop": "Start -> COMPLETE (no-op script)",
     "ignores_sigterm": "Stop -> STOPPED (ignores SIGTERM)",
     "forced_grace_0": "forced Stop (grace 0) -> STOPPED (ignores SIGTERM)",
@@ -177,6 +181,16 @@ def measure(
                 results[key]["seconds"] = round(time.monotonic() - began, 1)
                 log(f"{key}: {summary_line(results[key])}")
     only = only - {"S1", "H1"}
+    if "L1" in only:  # its own stack too: three device servers and the groups server
+        began = time.monotonic()
+        log(f"L1: {TITLES['L1']} ...")
+        try:
+            results["L1"] = l1_linked_groups(plan)
+        except Exception as exc:  # one broken figure must not lose the others
+            results["L1"] = {"error": f"{type(exc).__name__}: {exc}", "met": False, "n": 0}
+        results["L1"]["seconds"] = round(time.monotonic() - began, 1)
+        log(f"L1: {summary_line(results['L1'])}")
+        only = only - {"L1"}
     if not only:
         return results
     with BenchStack() as stack:

@@ -33,6 +33,7 @@ for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -65,6 +66,16 @@ _STATECHANGE = '"procedure.lifecycle.statechange"'
 _USER_NAME = re.compile(r"^[\w.@:+-][\w .@:+/-]{0,127}$")
 MAX_ARGUMENT_CHARS = 64 * 1024
 INITIAL_EVENT_TOPIC = "oet.groups.started"
+
+
+_OMNI = threading.local()
+
+
+def _enter_omni_thread() -> None:
+    """Make a pool thread an omniORB thread for good (Tango calls from plain Python threads
+    otherwise each set one up and tear it down)."""
+    _OMNI.guard = tango.EnsureOmniThread()
+    _OMNI.guard.__enter__()
 
 
 class _Refusal(Exception):
@@ -146,8 +157,12 @@ class OETGroups(SkaDevice):
         self._subscriptions: dict[str, tuple[tango.DeviceProxy, int]] = {}
         self._pingers: dict[str, threading.Thread] = {}
         self._unreachable: dict[str, str] = {}
+        #: Devices whose server was lost since they were subscribed to.
+        self._stale: set[str] = set()
         self._lock = threading.RLock()
-        self._halts = ThreadPoolExecutor(16, thread_name_prefix="group-halt")
+        self._halts = ThreadPoolExecutor(
+            16, thread_name_prefix="group-halt", initializer=_enter_omni_thread
+        )
         self._error = ""
         self.coordinator: GroupCoordinator | None = None
         for name in ("groups", "lastEvent", "watchedDevices", "unreachableDevices"):
@@ -281,27 +296,43 @@ class OETGroups(SkaDevice):
         procedure = self._get_json(device, "GetProcedure", str(pid))
         return MemberSpec(pid, device, str(procedure.get("state")), activity_id=record_id)
 
-    def _watch(self, device: str) -> None:
-        """Subscribe to the device's lastEvent once (stateless: Tango re-subscribes after a
-        restart of its server) and ping it while it has unfinished members."""
+    def _watch(self, device: str, ping: bool = True) -> None:
+        """Subscribe to the device's lastEvent (once it answers) and ping it while it has
+        unfinished members."""
         with self._lock:
-            if device not in self._subscriptions:
+            current = self._subscriptions.get(device)
+            if current is None or device in self._stale:
+                # A subscription made while the device is down, or broken by its server's
+                # death, would only resume at Tango's next keep-alive round (~10 s): a new one
+                # is made as soon as the device answers.
                 proxy = tango.DeviceProxy(device)  # its own proxy: events only
+                proxy.ping()
+                if current is not None:
+                    with contextlib.suppress(tango.DevFailed):
+                        current[0].unsubscribe_event(current[1])
+                    del self._subscriptions[device]
+                self._stale.discard(device)
                 event_id = proxy.subscribe_event(
-                    "lastEvent", EventType.CHANGE_EVENT, self._on_member_event, stateless=True
+                    "lastEvent",
+                    EventType.CHANGE_EVENT,
+                    functools.partial(self._on_member_event, device),
+                    stateless=True,
                 )
                 self._subscriptions[device] = (proxy, event_id)
             pinger = self._pingers.get(device)
-            if pinger is None or not pinger.is_alive():
+            if ping and (pinger is None or not pinger.is_alive()):
                 pinger = threading.Thread(
                     target=self._ping_loop, args=(device,), name=f"ping {device}", daemon=True
                 )
                 self._pingers[device] = pinger
                 pinger.start()
 
-    def _on_member_event(self, event: Any) -> None:
+    def _on_member_event(self, device: str, event: Any) -> None:
         """Tango event thread: a member device's event; only state changes matter."""
-        if event.err or self.coordinator is None:
+        if event.err:
+            self._stale.add(device)  # re-subscribed once it answers (see _watch)
+            return
+        if self.coordinator is None:
             return
         raw = getattr(event.attr_value, "value", None)
         if not isinstance(raw, str) or _STATECHANGE not in raw:
@@ -313,6 +344,17 @@ class OETGroups(SkaDevice):
             return
         if isinstance(pid, int) and isinstance(state, str):
             self.coordinator.observe(pid, state, data.get("timestamp"))
+
+    def _subscribe_listed(self) -> None:
+        """Subscribe to the listed OETDevices up front: a subscription made when a group is
+        created can miss the first events (its filter reaches the server asynchronously)."""
+        for device in [d for d in (self.OETDevices or []) if d.strip()]:
+            if device in self._subscriptions and device not in self._stale:
+                continue
+            try:
+                self._watch(device, ping=False)
+            except tango.DevFailed as exc:
+                self.logger.debug("cannot subscribe to %s yet: %s", device, _desc(exc))
 
     def _ping_loop(self, device: str) -> None:
         period = max(1, self.PingPeriodMs) / 1000
@@ -354,6 +396,7 @@ class OETGroups(SkaDevice):
             return kind, _desc(exc)
 
     def _lost(self, device: str, detail: str) -> None:
+        self._stale.add(device)
         if device not in self._unreachable:
             self.logger.warning("%s is unreachable: %s", device, detail)
             self._unreachable[device] = detail
@@ -440,10 +483,12 @@ class OETGroups(SkaDevice):
                 try:
                     watched = coordinator.watched()
                     for device in set(watched.values()):
-                        self._watch(device)
+                        with contextlib.suppress(tango.DevFailed):  # the ping watch decides
+                            self._watch(device)
                     if first:
                         coordinator.reconcile()
                         first = False
+                    self._subscribe_listed()
                     for pid, device in watched.items():
                         if device not in self._unreachable:
                             self._refresh_member(pid, device)

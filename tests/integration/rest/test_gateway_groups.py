@@ -81,7 +81,7 @@ class Linked(Telescope):
             {
                 "OETDevices": [f"oso/oet/{n}" for n in self.subarrays],
                 "StateDatabase": [str(self.tmp / "groups.sqlite")],
-                "ReconcileSeconds": ["1"],
+                "ReconcileSeconds": ["60"],  # halting must come from events and pings
             },
         )
 
