@@ -580,15 +580,20 @@ class OETGroups(SkaDevice):
             self._fail(exc.code, str(exc), origin)
 
     def _follow(self, specs: list[MemberSpec], origin: str) -> None:
+        """Subscribe to the members' devices before linking (the pings start once the group
+        exists: a ping loop ends when its device has no unfinished member)."""
         try:
             for device in {s.device for s in specs}:
-                self._watch(device)
+                self._watch(device, ping=False)
         except tango.DevFailed as exc:
             self._fail("OET_DEVICE_UNREACHABLE", f"cannot watch its devices: {_desc(exc)}", origin)
 
     def _recheck(self, specs: list[MemberSpec]) -> None:
         """Read the members once more after linking: an end between the first read and the
         subscription would otherwise only be seen at the next reconciliation."""
+        for device in {s.device for s in specs}:
+            with contextlib.suppress(tango.DevFailed):  # subscribed already: pings only
+                self._watch(device)
         for spec in specs:
             self._halts.submit(self._refresh_member, spec.procedure_id, spec.device)
         self.submit(self._push_devices)
