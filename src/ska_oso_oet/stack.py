@@ -54,6 +54,8 @@ DATABASE = "PyDatabaseds"
 EXIT_OK, EXIT_START_FAILED, EXIT_DATABASE_DIED = 0, 1, 3
 INSTANCE = "oet"
 DEVICE_CLASS = "OETDevice"
+#: Linked observation groups (OETGroups), hosted by the same server.
+GROUPS_DEVICE = "oso/oet/groups"
 MAX_SUBARRAYS = 16
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -440,11 +442,18 @@ def start_database(
 
 def registration(devices: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
     """What declares ``devices`` in ``OETDeviceServer/oet`` (for :mod:`.stack_child` and
-    :mod:`.stack_probe`)."""
-    return {
+    :mod:`.stack_probe`), with the OETGroups device of linked groups beside them."""
+    declared = {
         name: {**properties, "__class_server__": [DEVICE_CLASS, f"{SERVER}/{INSTANCE}"]}
         for name, properties in devices.items()
     }
+    if devices and GROUPS_DEVICE not in declared:
+        folder = Path(next(iter(devices.values())).get("StateDatabase", ["."])[0]).parent
+        declared[GROUPS_DEVICE] = {
+            "OETDevices": list(devices), "StateDatabase": [str(folder / "oso_oet_groups.sqlite")],
+            "__class_server__": ["OETGroups", f"{SERVER}/{INSTANCE}"],
+        }  # fmt: skip
+    return declared
 
 
 def _registration(devices: dict[str, dict[str, list[str]]]) -> str:

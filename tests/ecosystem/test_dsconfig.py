@@ -60,10 +60,11 @@ def test_json2tango_registers_every_device_with_its_properties(fresh_database: s
                     wanted = config.get("properties", {})
                     stored = db.get_device_property(name, list(wanted))
                     assert {k: list(v) for k, v in stored.items()} == wanted, name
-    oet_devices = [d for d in registered if d.startswith("oso/oet/")]
+    oet_devices = [d for d in registered if registered[d] == "OETDevice"]
     assert sorted(oet_devices, key=lambda d: int(d.rsplit("/", 1)[1])) == [
         f"oso/oet/{n}" for n in range(1, 17)
     ]
+    assert registered["oso/oet/groups"] == "OETGroups"  # linked groups, in the same server
 
     again = json2tango(fresh_database, "-w", "-a", "-u", str(CONFIG))
     assert again.returncode == 0, again.stdout + again.stderr  # 0: already up to date

@@ -71,6 +71,15 @@ every subarray, or "oet<n>" per subarray when deviceServer.instancePerSubarray i
 {{- end -}}
 {{- $_ := set $instances $instance (dict "OETDevice" $devices) -}}
 {{- end -}}
+{{- /* Linked observation groups: the OETGroups device, in the first instance. */ -}}
+{{- $all := list -}}
+{{- range $n := until (int .Values.subarrays) -}}
+{{- $all = append $all (printf "oso/oet/%d" (add1 $n)) -}}
+{{- end -}}
+{{- $gp := dict "StateDatabase" (list "/var/lib/oet/state/oso_oet_groups.sqlite") -}}
+{{- $_ := set $gp "OETDevices" $all -}}
+{{- $first := index $instances (keys $instances | sortAlpha | first) -}}
+{{- $_ := set $first "OETGroups" (dict "oso/oet/groups" (dict "properties" $gp)) -}}
 {{- $readOnly := list "GetProcedure" "GetActivity" "GetSbd" "GetVersionInfo" "CheckLongRunningCommandStatus" "ProbeEvents" -}}
 {{- $classes := dict "OETDevice" (dict "properties" (dict "AllowedAccessCmd" $readOnly)) -}}
 {{- dict "servers" (dict "OETDeviceServer" $instances) "classes" $classes | toPrettyJson -}}

@@ -78,6 +78,13 @@ def _enter_omni_thread() -> None:
     _OMNI.guard.__enter__()
 
 
+def _server_starting() -> bool:
+    try:
+        return bool(tango.Util.instance().is_svr_starting())
+    except Exception:  # no Util (a device run outside a server): nothing to wait for
+        return False
+
+
 class _Refusal(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -475,6 +482,11 @@ class OETGroups(SkaDevice):
     def _reconcile_loop(self) -> None:
         """Re-read members' states now and then; resume halts owed after a restart."""
         with tango.EnsureOmniThread():
+            # No client call before the server has started: subscribing to devices of this
+            # very process while it starts breaks its event channel for other clients
+            # (API_ZmqFailed at their subscription).
+            while _server_starting() and not self._closing_groups.wait(0.05):
+                pass
             first = True
             while not self._closing_groups.is_set():
                 coordinator = self.coordinator
