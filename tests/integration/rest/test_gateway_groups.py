@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import tango
 
@@ -330,3 +333,55 @@ def test_bad_groups_are_refused_clearly(linked):
     assert refused.value.args[0].reason == "OET_INVALID_REQUEST"
     cli = oet(linked, "group", "create", "9901", "9902")
     assert cli.returncode != 0 and "not known" in cli.stderr
+
+
+def test_oet_stack_hosts_the_groups_device_beside_its_devices(tmp_path):
+    """oet-stack: OETGroups in the same server as the members it halts."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "linked.py").write_text(WAIT_SCRIPT)
+    stack = subprocess.Popen(
+        [PYTHON, "-m", "ska_oso_oet.stack", "--data-dir", str(tmp_path / "data"),
+         "--scripts", str(scripts), "--rest-port", "0", "--subarrays", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(stack.stdout.readline, "")))
+    reader.start()
+    try:
+        wait_for(lambda: any("Ctrl-C stops the stack" in line for line in lines), TIMEOUT,
+                 f"oet-stack ready: {lines}")  # fmt: skip
+        url = next(
+            re.search(r"REST API (\S+) \(fronting oso/oet/1\)", line).group(1)
+            for line in lines
+            if "(fronting oso/oet/1)" in line
+        )
+        trigger = tmp_path / "fail"
+        with httpx.Client(base_url=url, timeout=30) as http, EventStream(url) as events:
+            pids = []
+            for n in (1, 2):
+                body = {
+                    "script": {"script_uri": f"file://{scripts / 'linked.py'}"},
+                    "script_args": {"init": {"kwargs": {"subarray_id": n}}},
+                }
+                pid = http.post("/procedures", json=body).json()["procedure"]["id"]
+                events.wait_for(is_event("procedure.lifecycle.statechange", pid,
+                                         new_state="READY"))  # fmt: skip
+                pids.append(pid)
+            created = http.post("/groups", json={"procedures": pids})
+            assert created.status_code == 201, created.text
+            gid = created.json()["group"]["id"]
+            start(http, events, pids[0], fail_when=str(trigger))
+            start(http, events, pids[1])
+            trigger.touch()
+            events.wait_for(is_event("procedure.lifecycle.stopped", pids[1]))
+            events.wait_for(group_became(gid, "HALTED"))
+    finally:
+        stack.send_signal(signal.SIGINT)
+        try:
+            stack.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
+            stack.wait()
+        reader.join(10)
