@@ -164,6 +164,7 @@ class OETGroups(SkaDevice):
         self._subscriptions: dict[str, tuple[tango.DeviceProxy, int]] = {}
         self._pingers: dict[str, threading.Thread] = {}
         self._unreachable: dict[str, str] = {}
+        self._pushed_devices: tuple[list[str], list[str]] | None = None
         #: Devices whose server was lost since they were subscribed to.
         self._stale: set[str] = set()
         self._lock = threading.RLock()
@@ -222,8 +223,9 @@ class OETGroups(SkaDevice):
         if self.coordinator is None:
             return DevState.FAULT, self._error or "no group coordinator", HealthState.FAILED
         active = sum(1 for g in self.coordinator.summaries() if g["state"] in ("ACTIVE", "HALTING"))
-        if self._unreachable:
-            names = ", ".join(sorted(self._unreachable))
+        unreachable = self._unreachable_names()
+        if unreachable:
+            names = ", ".join(unreachable)
             return (
                 DevState.ON,
                 f"{active} active group(s); unreachable: {names}",
@@ -365,12 +367,13 @@ class OETGroups(SkaDevice):
 
     def _ping_loop(self, device: str) -> None:
         period = max(1, self.PingPeriodMs) / 1000
+        closing = self._closing_groups  # this device's life (Init makes a new one)
+        coordinator = self.coordinator
         with tango.EnsureOmniThread():
             proxy = tango.DeviceProxy(device)
             proxy.set_timeout_millis(self.PingTimeoutMs)
             silent_since: float | None = None
-            while not self._closing_groups.is_set():
-                coordinator = self.coordinator
+            while not closing.is_set():
                 if coordinator is None or device not in coordinator.watched().values():
                     break
                 failure = self._ping(proxy)
@@ -386,11 +389,13 @@ class OETGroups(SkaDevice):
                         self._lost(device, f"no answer for {self.UnresponsiveSeconds:g} s")
                 else:
                     self._lost(device, failure[1])
-                self._closing_groups.wait(period)
+                closing.wait(period)
             with self._lock:
                 if self._pingers.get(device) is threading.current_thread():
                     del self._pingers[device]
-            if self._unreachable.pop(device, None) is not None:  # no member left to worry about
+            with self._lock:
+                gone = self._unreachable.pop(device, None) is not None
+            if gone:  # no member left to worry about
                 self.submit(self._push_devices)
 
     @staticmethod
@@ -404,22 +409,33 @@ class OETGroups(SkaDevice):
 
     def _lost(self, device: str, detail: str) -> None:
         self._stale.add(device)
-        if device not in self._unreachable:
-            self.logger.warning("%s is unreachable: %s", device, detail)
+        with self._lock:
+            first = device not in self._unreachable
             self._unreachable[device] = detail
+        if first:
+            self.logger.warning("%s is unreachable: %s", device, detail)
             self.submit(self._push_devices)
         if self.coordinator is not None:
             self.coordinator.device_unreachable(device, detail)
 
     def _mark_reachable(self, device: str) -> None:
-        self._unreachable.pop(device, None)
+        with self._lock:
+            self._unreachable.pop(device, None)
         self.logger.info("%s answers again", device)
         self.submit(self._push_devices)
 
     def _push_devices(self) -> None:
-        self.push("watchedDevices", self._watched_devices())
-        self.push("unreachableDevices", sorted(self._unreachable))
+        """Push watchedDevices and unreachableDevices when they changed (event thread)."""
+        values = (self._watched_devices(), self._unreachable_names())
+        if values != self._pushed_devices:
+            self._pushed_devices = values
+            self.push("watchedDevices", values[0])
+            self.push("unreachableDevices", values[1])
         self.refresh_condition()
+
+    def _unreachable_names(self) -> list[str]:
+        with self._lock:  # ping threads change it
+            return sorted(self._unreachable)
 
     def _watched_devices(self) -> list[str]:
         coordinator = self.coordinator
@@ -481,17 +497,16 @@ class OETGroups(SkaDevice):
 
     def _reconcile_loop(self) -> None:
         """Re-read members' states now and then; resume halts owed after a restart."""
+        closing = self._closing_groups  # this device's life (Init makes a new one)
+        coordinator = self.coordinator
         with tango.EnsureOmniThread():
             # No client call before the server has started: subscribing to devices of this
             # very process while it starts breaks its event channel for other clients
             # (API_ZmqFailed at their subscription).
-            while _server_starting() and not self._closing_groups.wait(0.05):
+            while _server_starting() and not closing.wait(0.05):
                 pass
             first = True
-            while not self._closing_groups.is_set():
-                coordinator = self.coordinator
-                if coordinator is None:
-                    return
+            while not closing.is_set() and coordinator is not None:
                 try:
                     watched = coordinator.watched()
                     for device in set(watched.values()):
@@ -508,7 +523,7 @@ class OETGroups(SkaDevice):
                     self.submit(self._push_devices)
                 except Exception:
                     self.logger.exception("reconciling groups failed")
-                self._closing_groups.wait(max(0.1, self.ReconcileSeconds))
+                closing.wait(max(0.1, self.ReconcileSeconds))
 
     # ----- commands -----------------------------------------------------------------------------
     def _fail(self, reason: str, message: str, origin: str) -> NoReturn:
@@ -708,4 +723,4 @@ class OETGroups(SkaDevice):
 
     @attribute(dtype=("str",), max_dim_x=256, doc="Watched devices that cannot be reached.")
     def unreachableDevices(self) -> list[str]:
-        return sorted(self._unreachable)
+        return self._unreachable_names()

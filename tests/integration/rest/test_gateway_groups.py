@@ -247,7 +247,7 @@ def test_a_killed_member_device_server_halts_the_others(linked):
         created = oet(linked, "group", "create", str(a), str(b), str(c), "--kill")
         assert created.returncode == 0, created.stderr
         gid = max(g["id"] for g in http.get("/groups").json()["groups"])
-        for pid in (a, b, c):
+        for pid in (a, b):  # c stays READY: halted as well
             start(http, events, pid)
 
         os.kill(linked.device_servers["s2"].process.pid, signal.SIGKILL)  # kill -9
@@ -320,7 +320,13 @@ def test_bad_groups_are_refused_clearly(linked):
         again = http.post("/groups", json={"procedures": [b, a]})
         assert again.status_code == 409 and f"already in group {gid}" in again.json()["Message"]
         assert http.get("/groups/99999").status_code == 404
+        c = ready(http, linked, events, 3)
+        added = http.post(f"/groups/{gid}/members", json={"procedure_id": c})
+        assert [m["device"] for m in added.json()["group"]["members"]][-1] == "oso/oet/3"
+        unknown = http.post(f"/groups/{gid}/members", json={"procedure_id": 9903})
+        assert unknown.status_code == 404, unknown.text
         assert http.delete(f"/groups/{gid}").json()["group"]["state"] == "DISBANDED"
+        stop_quietly(http, c)  # disbanded: nothing else stops it
         assert http.delete(f"/groups/{gid}").status_code == 409
 
         http.put(f"/procedures/{a}", json={"state": "STOPPED"})
