@@ -49,7 +49,7 @@ def init(subarray_id=1):
     global SUBARRAY
     SUBARRAY = subarray_id
 
-def main(fail_when=None, finish_when=None):
+def main(fail_when=None, finish_when=None, **activity_kwargs):
     pub.sendMessage("user.script.announce", msg_src="linked", msg=f"observing on {SUBARRAY}")
     while True:
         if fail_when and os.path.exists(fail_when):
@@ -300,6 +300,35 @@ def test_a_restarted_groups_device_reloads_and_halts_what_failed_meanwhile(linke
             what="group HALTED after the restart",
         )
         assert f"member {a} on oso/oet/3 FAILED" in [h["reason"] for h in group["history"]]
+
+
+def test_an_activity_stands_for_its_procedure(linked):
+    sbd = {
+        "sbd_id": "sbd-linked-1",
+        "activities": {"observe": {"kind": "filesystem", "path": linked.script_uri("linked.py")}},
+    }
+    with linked.http() as http, EventStream(linked.url) as events:
+        assert http.post("/sbds", json=sbd).status_code == 201
+        activity = http.post(
+            "/activities",
+            json={"activity_name": "observe", "sbd_id": "sbd-linked-1", "prepare_only": True},
+        ).json()["activity"]
+        observed = activity["procedure_id"]
+        events.wait_for(is_event("procedure.lifecycle.statechange", observed, new_state="READY"))
+        partner = ready(http, linked, events, 2)
+        created = http.post(
+            "/groups", json={"procedures": [partner], "activities": [activity["id"]]}
+        )
+        assert created.status_code == 201, created.text
+        members = created.json()["group"]["members"]
+        assert [(m["procedure_id"], m["activity_id"]) for m in members] == [
+            (partner, None),
+            (observed, activity["id"]),
+        ]
+        http.put(f"/procedures/{partner}", json={"state": "STOPPED"})  # stopped by an operator
+        events.wait_for(is_event("procedure.lifecycle.stopped", observed))  # halted with it
+        group = events.wait_for(group_became(created.json()["group"]["id"], "HALTED"))["group"]
+        assert f"member {partner} on oso/oet/2 STOPPED" in [h["reason"] for h in group["history"]]
 
 
 def test_bad_groups_are_refused_clearly(linked):
