@@ -100,6 +100,7 @@ PART_TITLES = {
     "get_one": "gateway GET /procedures/{id}, 1 client (baseline: GetProcedure)",
     "list_4_clients": "gateway GET /procedures, 4 clients",
     "get_one_4_clients": "gateway GET /procedures/{id}, 4 clients",
+    "http_floor_4_clients": "bare ASGI app on the gateway's server stack, 4 clients",
     "resume": "Resume -> RUNNING event",
     "ask_round_trip": "question event -> Answer -> script goes on",
 }
@@ -268,6 +269,8 @@ def _row(name: str, title: str, f: dict[str, Any]) -> str:
         value, p99 = f"{f['median_ms']} {unit}", f"{f['p99_ms']} {unit}"
         if "overhead_ms" in f:
             value += f" (+{f['overhead_ms']} ms)"
+        if "http_floor_median_ms" in f:
+            value += f"; HTTP floor {f['http_floor_median_ms']} ms"
         if "rss_growth_per_subarray_mib" in f:
             value += f", +{f['rss_growth_per_subarray_mib']} MiB/subarray"
         base = f.get("baseline_median_ms")

@@ -260,6 +260,45 @@ def _load(url: str, total: int, concurrency: int) -> float:
     return per * concurrency / (time.perf_counter() - began)
 
 
+#: H1's HTTP floor: the gateway's server stack (uvicorn, uvloop, httptools) answering a fixed
+#: body with a bare ASGI callable: what any Python HTTP service costs here, client included.
+_FLOOR_APP = """
+import sys, uvicorn
+body = sys.stdin.buffer.read()
+headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+            lifespan="off", access_log=False, log_level="warning")
+"""
+
+
+@contextlib.contextmanager
+def _http_floor(body: bytes) -> Any:
+    """A bare ASGI server answering ``body`` to every request; yields its URL."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-c", _FLOOR_APP, str(port)], stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write(body)
+    process.stdin.close()
+    url = f"http://127.0.0.1:{port}/floor"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1).raise_for_status()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the HTTP floor server did not start") from None
+                time.sleep(0.05)  # waiting for it to listen
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
     """H1: GET /procedures and GET /procedures/{id} of a gateway fronting one device, one
     client (p50 minus the p50 of the device's own Tango read/command, interleaved) and 4
@@ -276,16 +315,19 @@ def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
         time.sleep(0.05)  # waiting for the device's history to show them
     procedure_id = int(proxy.procedureIds[-1])
     list_url, one_url = f"{stack.url}/procedures", f"{stack.url}/procedures/{procedure_id}"
-    http_list, http_one, tango_list, tango_one = [], [], [], []
-    for _ in range(plan.gateway_rounds):  # interleaved: load changes hit both alike
-        http_list += _timed_gets(list_url, 50)
-        tango_list += _timed_calls(lambda: proxy.read_attribute("procedures"), 50)
-        http_one += _timed_gets(one_url, 50)
-        tango_one += _timed_calls(
-            lambda: proxy.command_inout("GetProcedure", str(procedure_id)), 50
-        )
-    rates_list = [_load(list_url, plan.gateway_requests, 4) for _ in range(2)]
-    rates_one = [_load(one_url, plan.gateway_requests, 4) for _ in range(2)]
+    http_list, http_one, tango_list, tango_one, floor = [], [], [], [], []
+    with _http_floor(httpx.get(list_url, timeout=10).content) as floor_url:
+        for _ in range(plan.gateway_rounds):  # interleaved: load changes hit all alike
+            http_list += _timed_gets(list_url, 50)
+            tango_list += _timed_calls(lambda: proxy.read_attribute("procedures"), 50)
+            floor += _timed_gets(floor_url, 50)
+            http_one += _timed_gets(one_url, 50)
+            tango_one += _timed_calls(
+                lambda: proxy.command_inout("GetProcedure", str(procedure_id)), 50
+            )
+        rates_list = [_load(list_url, plan.gateway_requests, 4) for _ in range(2)]
+        rates_one = [_load(one_url, plan.gateway_requests, 4) for _ in range(2)]
+        rates_floor = [_load(floor_url, plan.gateway_requests, 4) for _ in range(2)]
 
     def overhead(http: list[float], tango_samples: list[float], what: str) -> dict[str, Any]:
         extra = statistics.median(http) - statistics.median(tango_samples)
@@ -296,6 +338,9 @@ def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
             target="p50 overhead over the Tango call <= 0.3 ms (1 client)",
             baseline_kind=what,
             overhead_ms=ms(extra),
+            # the same GET of a bare ASGI app on the same server stack: the part of the
+            # overhead that is HTTP (client and server), not the gateway's own work
+            http_floor_median_ms=ms(statistics.median(floor)),
         )
         figure["met"] = extra * 1000 <= 0.3
         return figure
@@ -317,6 +362,14 @@ def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
             "get_one": overhead(http_one, tango_one, "Tango GetProcedure (same device)"),
             "list_4_clients": throughput(rates_list),
             "get_one_4_clients": throughput(rates_one),
+            "http_floor_4_clients": rate(
+                rates_floor,
+                baseline=None,
+                target_rate=0,
+                target="measured (bare ASGI app, same server stack and clients)",
+                met=True,
+                concurrency=4,
+            ),
         },
     )
 

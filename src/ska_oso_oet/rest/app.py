@@ -23,6 +23,7 @@ from . import v7
 from .auth import Authenticator
 from .client import DeviceClient, TangoDeviceClient
 from .errors import install_error_handlers
+from .fastpath import ProcedureListFastPath
 from .group_client import GroupsClient, TangoGroupsClient
 from .hub import EventHub
 from .limits import RequestLimits
@@ -104,6 +105,8 @@ def create_app(
     paths = {settings.device: settings.base_path}
     paths.update((device, subarray_prefix(device) + settings.base_path) for device in mounted)
     monitor = health.install(app, settings.base_path, paths)  # /health, /metrics
+    # The polled list, answered without routing when the copies are current (fastpath.py).
+    app.add_middleware(ProcedureListFastPath, path=f"{settings.base_path}/procedures")
     # Outermost: limits apply before anything (the mounted devices' APIs included) reads the
     # request.
     app.add_middleware(

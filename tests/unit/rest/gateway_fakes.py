@@ -23,6 +23,7 @@ from ska_oso_oet.rest import errors
 from ska_oso_oet.rest.client import DeviceClient
 from ska_oso_oet.rest.errors import GatewayError
 from ska_oso_oet.rest.hub import EventHub
+from ska_oso_oet.rest.listing import Snapshot
 from ska_oso_oet.vocabulary import FINAL_STATES
 
 
@@ -54,6 +55,9 @@ class FakeDevice(DeviceClient):
         #: False behaves like an older device without the activity commands.
         self.activity_support = True
         self.calls: list[tuple[str, Any]] = []
+        #: True: the list is "at hand" (as a real client's copy kept by events), versioned by
+        #: its content, so the gateway's fast path and encoded-answer cache apply.
+        self.listing_current = False
         first, step = (subarray, 100) if subarray else (1, 1)
         self._ids = itertools.count(first, step)
         self._activity_ids = itertools.count(first, step)
@@ -189,6 +193,15 @@ class FakeDevice(DeviceClient):
     async def list_procedures(self) -> list[dict[str, Any]]:
         self._check("procedures", None)
         return [copy.deepcopy(p) for _, p in sorted(self.procedures.items())]
+
+    def cached_procedures(self) -> Snapshot | None:
+        if not self.listing_current or self.unreachable:
+            return None
+        summaries = [copy.deepcopy(p) for _, p in sorted(self.procedures.items())]
+        return Snapshot(json.dumps(summaries, sort_keys=True), summaries)
+
+    async def procedures_snapshot(self) -> Snapshot:
+        return self.cached_procedures() or await super().procedures_snapshot()
 
     def _check_activities(self, name: str, argument: Any) -> None:
         self._check(name, argument)

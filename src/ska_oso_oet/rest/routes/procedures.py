@@ -21,6 +21,7 @@ from .. import errors
 from ..auth import Operator, Viewer
 from ..deps import ClientDep, SettingsDep
 from ..errors import GatewayError
+from ..listing import Snapshot
 from ..schemas import (
     AnswerRequest,
     CreateProcedureRequest,
@@ -107,15 +108,27 @@ async def procedure_list_answer(
     FastAPI encodes ``adapter``'s response model (validated, then ``dump_json``), but once per
     version of the device lists and base URL instead of on every request."""
     snapshot = await client.procedures_snapshot()
+    return Response(_list_body(request, snapshot, adapter, frame), media_type="application/json")
 
+
+def encoded_list(request: Request, snapshot: Snapshot) -> bytes:
+    """The body of v1.0's ``GET /procedures`` for ``snapshot`` (the fast path's)."""
+    return _list_body(request, snapshot, LIST_ANSWER, _wrapped)
+
+
+def _list_body(
+    request: Request,
+    snapshot: Snapshot,
+    adapter: TypeAdapter[Any],
+    frame: Callable[[list[dict[str, Any]]], Any],
+) -> bytes:
     def encode() -> bytes:
         content = frame([public_summary(request, s) for s in snapshot.summaries])
         return adapter.dump_json(adapter.validate_python(content))
 
     if snapshot.version is None:
-        return Response(encode(), media_type="application/json")
-    key = (id(adapter), _procedure_base(request), snapshot.version)
-    return Response(_encoded(request, key, encode), media_type="application/json")
+        return encode()
+    return _encoded(request, (id(adapter), _procedure_base(request), snapshot.version), encode)
 
 
 def _encoded(request: Request, key: Hashable, encode: Callable[[], bytes]) -> bytes:

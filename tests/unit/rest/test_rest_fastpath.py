@@ -1,0 +1,100 @@
+"""GET /procedures through the fast path (fastpath.py): the same bytes as the route, the same
+roles, and the route whenever the fast path cannot answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ska_oso_oet.rest.app import create_app
+from ska_oso_oet.rest.auth import hash_token
+from ska_oso_oet.rest.settings import RestSettings
+from tests.unit.rest.gateway_fakes import FakeDevice
+
+BASE = "/api/v1.0"
+CREATE = {"script": {"script_uri": "file:///scripts/hello.py"}}
+TOKENS = {"viewer": "v" * 32, "operator": "o" * 32}
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    entries = [
+        {"sha256": hash_token(t), "user": f"{r}-user", "roles": [r]} for r, t in TOKENS.items()
+    ]
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": entries}))
+    return path
+
+
+def gateway(device: FakeDevice, **settings) -> TestClient:
+    return TestClient(create_app(RestSettings(**settings), client=device))
+
+
+def listed_calls(device: FakeDevice) -> int:
+    return sum(1 for name, _ in device.calls if name == "procedures")
+
+
+def test_the_fast_path_sends_the_routes_bytes():
+    cached, read = FakeDevice(), FakeDevice()
+    cached.listing_current = True
+    with gateway(cached) as fast, gateway(read) as slow:
+        for http in (fast, slow):
+            for _ in range(2):
+                assert http.post(f"{BASE}/procedures", json=CREATE).status_code == 201
+        read.procedures = json.loads(json.dumps(cached.procedures))  # same history, same times
+        before = listed_calls(cached)
+        answer = fast.get(f"{BASE}/procedures")
+        assert listed_calls(cached) == before  # answered from the copy: no device read
+        routed = slow.get(f"{BASE}/procedures")
+        assert listed_calls(read) > 0
+        assert answer.status_code == routed.status_code == 200
+        assert answer.content == routed.content
+        assert answer.headers["content-type"] == routed.headers["content-type"]
+        assert answer.headers["content-length"] == routed.headers["content-length"]
+        # a query string, another method or path: the route, same body
+        assert fast.get(f"{BASE}/procedures?x=1").content == answer.content
+        assert fast.head(f"{BASE}/procedures").status_code in (200, 405)
+
+
+def test_viewers_still_need_their_role(tokens_file: Path):
+    device = FakeDevice()
+    device.listing_current = True
+    with gateway(device, auth_tokens_file=tokens_file) as http:
+        assert (
+            http.post(
+                f"{BASE}/procedures",
+                json=CREATE,
+                headers={"Authorization": f"Bearer {TOKENS['operator']}"},
+            ).status_code
+            == 201
+        )
+        missing = http.get(f"{BASE}/procedures")
+        assert missing.status_code == 401 and missing.json()["type"] == "Unauthorized"
+        wrong = http.get(f"{BASE}/procedures", headers={"Authorization": "Bearer " + "x" * 32})
+        assert wrong.status_code == 401
+        basic = http.get(f"{BASE}/procedures", headers={"Authorization": "Basic dXNlcjpwdw=="})
+        assert basic.status_code == 401
+        before = listed_calls(device)
+        viewer = http.get(
+            f"{BASE}/procedures", headers={"Authorization": f"Bearer {TOKENS['viewer']}"}
+        )
+        assert viewer.status_code == 200 and len(viewer.json()["procedures"]) == 1
+        assert listed_calls(device) == before
+
+
+def test_without_a_current_copy_the_route_reads_the_device():
+    device = FakeDevice()
+    device.listing_current = True
+    with gateway(device) as http:
+        assert http.post(f"{BASE}/procedures", json=CREATE).status_code == 201
+        assert len(http.get(f"{BASE}/procedures").json()["procedures"]) == 1
+        device.listing_current = False
+        before = listed_calls(device)
+        assert len(http.get(f"{BASE}/procedures").json()["procedures"]) == 1
+        assert listed_calls(device) == before + 1
+        device.unreachable = True
+        down = http.get(f"{BASE}/procedures")
+        assert down.status_code == 503 and down.json()["type"] == "DeviceUnavailable"
