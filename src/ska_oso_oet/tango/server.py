@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import tango
 import tango.server
@@ -71,9 +72,7 @@ def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None 
             on_ready()
 
     try:
-        # OETGroups (linked groups) is hosted beside, except without a database, where the
-        # -dlist devices would go to the last class (OETGroupsServer runs it alone then).
-        classes = (OETDevice,) if "-nodb" in args else (OETDevice, OETGroups)
+        classes = device_classes(args)
         tango.server.run(classes, args=args, post_init_callback=post_init)
     finally:
         current = runtime.shared_launcher()  # a Reset may have replaced the first one
@@ -83,6 +82,25 @@ def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None 
             current.close()
         LOGGER.info("%s stopped", SERVER_NAME)
     return 0
+
+
+def device_classes(args: Sequence[str]) -> tuple[type, ...]:
+    """OETDevice, and OETGroups (linked groups) beside it where it can be declared.
+
+    Without a database (``-nodb``) the ``-dlist`` devices would go to the last class, and a
+    file database (``-file=``) that declares no OETGroups device fails the server's start
+    ("Database error while trying to retrieve device list for class OETGroups"): OETGroups
+    is then left out (``OETGroupsServer`` runs it alone)."""
+    if "-nodb" in args:
+        return (OETDevice,)
+    files = [a.split("=", 1)[1] for a in args if a.startswith("-file=")]
+    if files:
+        try:
+            declared = "/DEVICE/OETGroups:" in Path(files[0]).read_text(errors="replace")
+        except OSError:
+            declared = False
+        return (OETDevice, OETGroups) if declared else (OETDevice,)
+    return (OETDevice, OETGroups)
 
 
 def _warm_workers_property(args: Sequence[str]) -> int | None:
