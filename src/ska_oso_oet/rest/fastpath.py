@@ -1,19 +1,20 @@
-"""``GET /procedures`` without FastAPI's per-request machinery, when nothing needs it.
+"""``GET /procedures`` and ``GET /procedures/{id}`` without FastAPI's per-request machinery.
 
-Listing procedures is what clients poll, and once the gateway holds a current copy of every
-device's list (:mod:`.listing`) and its encoded answer, routing, dependency resolution and the
-endpoint call are most of what a GET costs. :class:`ProcedureListFastPath` is a pure ASGI layer
-that answers exactly ``GET <base>/procedures`` (no query string) itself when:
+These are what clients poll, and once the gateway holds a current copy of every device's list
+(:mod:`.listing`) and its encoded answer, routing, dependency resolution and the endpoint call
+are most of what a GET costs. :class:`ProcedureListFastPath` is a pure ASGI layer that answers
+exactly ``GET <base>/procedures`` and ``GET <base>/procedures/<digits>`` (no query string)
+itself when the caller is admitted as a viewer by the same :class:`~.auth.Authenticator` the
+routes use (no ``Authorization`` header on an open gateway, or a valid bearer token with a
+role) and, for the list, every device's copy is current
+(:meth:`~.client.DeviceClient.cached_procedures`). One procedure is asked of its device, as the
+route does; a device error is answered with the body the error handler gives it.
 
-* the caller is admitted as a viewer by the same :class:`~.auth.Authenticator` the routes use
-  (no ``Authorization`` header on an open gateway, or a valid bearer token with a role);
-* every device's copy is current (:meth:`~.client.DeviceClient.cached_procedures`).
-
-The body is the one the route would send, from the same cache of encoded answers. Anything
-else (another path or method, a missing, malformed or refused token, a copy that is not
-current, an unexpected error before the answer starts) goes on to FastAPI unchanged, so its
-status codes and error bodies stay the routes' own. It sits inside :class:`~.limits.RequestLimits`,
-so the request limits apply first.
+Bodies are encoded as the routes' response models encode them (the list from the same cache of
+encoded answers). Anything else (another path or method, a missing, malformed or refused token,
+a list copy that is not current, an unexpected error) goes on to FastAPI unchanged, so its
+status codes and error bodies stay the routes' own. It sits inside
+:class:`~.limits.RequestLimits`, so the request limits apply first.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Role
+from .errors import GatewayError, error_body
 from .routes import procedures
+
+#: Longest id taken by the fast path (longer ones go to the route, which says what is wrong).
+_MAX_ID_DIGITS = 18
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,20 +42,28 @@ class ProcedureListFastPath:
     def __init__(self, app: ASGIApp, path: str):
         self.app = app
         self.path = path
+        self._one_prefix = f"{path}/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("method") != "GET"
-            or _route_path(scope) != self.path
-            or scope.get("query_string")
-        ):
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("query_string"):
             await self.app(scope, receive, send)
             return
+        path = _route_path(scope)
+        procedure_id: int | None = None
+        if path != self.path:
+            digits = path[len(self._one_prefix) :] if path.startswith(self._one_prefix) else ""
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= _MAX_ID_DIGITS):
+                await self.app(scope, receive, send)
+                return
+            procedure_id = int(digits)
         try:
-            body = await self._answer(scope)
+            body = await self._answer(scope, procedure_id)
+        except GatewayError as exc:  # the device's answer: as the error handler renders it
+            response = JSONResponse(error_body(exc.status, exc.error_type, exc.message), exc.status)
+            await response(scope, receive, send)
+            return
         except Exception:  # the route will say what is wrong, in its own words
-            LOGGER.debug("GET %s left to the route", self.path, exc_info=True)
+            LOGGER.debug("GET %s left to the route", path, exc_info=True)
             body = None
         if body is None:
             await self.app(scope, receive, send)
@@ -66,15 +80,15 @@ class ProcedureListFastPath:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _answer(self, scope: Scope) -> bytes | None:
+    async def _answer(self, scope: Scope, procedure_id: int | None) -> bytes | None:
         app: Any = scope.get("app")
         state = getattr(app, "state", None)
         client = getattr(state, "client", None)
         authenticator = getattr(state, "authenticator", None)
         if client is None or authenticator is None:
             return None
-        snapshot = client.cached_procedures()
-        if snapshot is None or snapshot.version is None:
+        snapshot = client.cached_procedures() if procedure_id is None else None
+        if procedure_id is None and (snapshot is None or snapshot.version is None):
             return None
         token = None
         for name, value in scope["headers"]:
@@ -83,10 +97,16 @@ class ProcedureListFastPath:
                 if scheme.lower() != "bearer" or not token:
                     return None
                 break
-        principal = await authenticator.authenticate(token)  # refused: raises, route answers
+        try:
+            principal = await authenticator.authenticate(token)
+        except Exception:  # refused (or the identity provider is down): the route answers
+            return None
         if not principal.has(Role.VIEWER):
             return None
-        return procedures.encoded_list(Request(scope), snapshot)
+        if procedure_id is None:
+            return procedures.encoded_list(Request(scope), snapshot)
+        summary = await client.get_procedure(procedure_id)
+        return procedures.encoded_one(Request(scope), summary)
 
 
 def _route_path(scope: Scope) -> str:

@@ -3,6 +3,7 @@ roles, and the route whenever the fast path cannot answer."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_the_fast_path_sends_the_routes_bytes():
         for http in (fast, slow):
             for _ in range(2):
                 assert http.post(f"{BASE}/procedures", json=CREATE).status_code == 201
-        read.procedures = json.loads(json.dumps(cached.procedures))  # same history, same times
+        read.procedures = copy.deepcopy(cached.procedures)  # same history, same times
         before = listed_calls(cached)
         answer = fast.get(f"{BASE}/procedures")
         assert listed_calls(cached) == before  # answered from the copy: no device read
@@ -98,3 +99,43 @@ def test_without_a_current_copy_the_route_reads_the_device():
         device.unreachable = True
         down = http.get(f"{BASE}/procedures")
         assert down.status_code == 503 and down.json()["type"] == "DeviceUnavailable"
+
+
+def test_one_procedure_through_the_fast_path():
+    fast_device, route_device = FakeDevice(), FakeDevice()
+    with gateway(fast_device) as http:
+        pid = http.post(f"{BASE}/procedures", json=CREATE).json()["procedure"]["id"]
+        answer = http.get(f"{BASE}/procedures/{pid}")
+        route_device.procedures = copy.deepcopy(fast_device.procedures)
+        assert ("GetProcedure", pid) in fast_device.calls
+        missing = http.get(f"{BASE}/procedures/999")
+        malformed = http.get(f"{BASE}/procedures/12x")  # not digits: the route's 400
+        fast_device.unreachable = True
+        down = http.get(f"{BASE}/procedures/{pid}")
+    # The route's answers (a query string leaves the fast path aside).
+    with gateway(route_device) as http:
+        routed = http.get(f"{BASE}/procedures/{pid}?via=route")
+        routed_missing = http.get(f"{BASE}/procedures/999?via=route")
+        route_device.unreachable = True
+        routed_down = http.get(f"{BASE}/procedures/{pid}?via=route")
+    assert answer.status_code == routed.status_code == 200
+    assert answer.content == routed.content
+    assert answer.headers["content-type"] == routed.headers["content-type"]
+    assert missing.status_code == routed_missing.status_code == 404
+    assert missing.content == routed_missing.content
+    assert down.status_code == routed_down.status_code == 503
+    assert down.content == routed_down.content
+    assert malformed.status_code == 400 and malformed.json()["type"] == "Malformed Request"
+
+
+def test_one_procedure_needs_a_viewer(tokens_file: Path):
+    device = FakeDevice()
+    with gateway(device, auth_tokens_file=tokens_file) as http:
+        operator = {"Authorization": f"Bearer {TOKENS['operator']}"}
+        pid = http.post(f"{BASE}/procedures", json=CREATE, headers=operator).json()["procedure"]
+        before = len(device.calls)
+        assert http.get(f"{BASE}/procedures/{pid['id']}").status_code == 401
+        assert len(device.calls) == before  # refused before the device is asked
+        viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
+        one = http.get(f"{BASE}/procedures/{pid['id']}", headers=viewer)
+        assert one.status_code == 200 and one.json()["procedure"]["uri"] == pid["uri"]

@@ -39,6 +39,8 @@ router = APIRouter(prefix="/procedures", tags=["procedures"])
 
 #: What FastAPI would do with ``response_model=ProcedureListResponse``, done once per list.
 LIST_ANSWER = TypeAdapter(ProcedureListResponse)
+#: And with ``response_model=ProcedureResponse`` (the fast path's ``GET /procedures/{id}``).
+ONE_ANSWER = TypeAdapter(ProcedureResponse)
 #: Encoded answers kept per app (the newest few: one list per base URL and version).
 _ANSWERS_KEPT = 16
 
@@ -109,6 +111,13 @@ async def procedure_list_answer(
     version of the device lists and base URL instead of on every request."""
     snapshot = await client.procedures_snapshot()
     return Response(_list_body(request, snapshot, adapter, frame), media_type="application/json")
+
+
+def encoded_one(request: Request, summary: dict[str, Any]) -> bytes:
+    """The body of v1.0's ``GET /procedures/{id}`` for ``summary`` (the fast path's)."""
+    return ONE_ANSWER.dump_json(
+        ONE_ANSWER.validate_python({"procedure": public_summary(request, summary)})
+    )
 
 
 def encoded_list(request: Request, snapshot: Snapshot) -> bytes:
