@@ -25,7 +25,8 @@ def summary_of(outcome) -> dict:
 def test_devices_are_registered_and_exported(real_stack: RealStack) -> None:
     host, port = real_stack.tango_host.split(":")
     db = tango.Database(host, int(port))
-    assert sorted(db.get_device_exported("oso/oet/*").value_string) == DEVICES
+    exported = sorted(db.get_device_exported("oso/oet/*").value_string)
+    assert exported == sorted([*DEVICES, "oso/oet/groups"])  # + the linked groups device
     assert db.get_device_property("oso/oet/2", "SubarrayId")["SubarrayId"] == ["2"]
     for n, name in enumerate(DEVICES, start=1):
         proxy = real_stack.proxy(name)
