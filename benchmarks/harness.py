@@ -42,6 +42,17 @@ BASELINE_DEVICE = "bench/baseline/1"
 START_TIMEOUT = 120.0
 
 
+def warm_workers() -> str:
+    """The warm pool of the benchmark's device server: the product's (``WarmWorkers`` of
+    ``deviceservers/oet.json``), or OET_BENCH_WARM_WORKERS to compare sizes."""
+    chosen = os.environ.get("OET_BENCH_WARM_WORKERS")
+    if chosen:
+        return chosen
+    config = json.loads((HERE.parent / "deviceservers" / "oet.json").read_text())
+    devices = config["servers"]["OETDeviceServer"]["oet"]["OETDevice"]
+    return str(devices["oso/oet/1"]["properties"]["WarmWorkers"][0])
+
+
 def script_uri(name: str) -> str:
     return f"file://{SCRIPTS / name}"
 
@@ -103,7 +114,7 @@ class BenchStack:
                     "SubarrayId": [str(n)],
                     "HistorySize": ["10"],
                     "StopGraceSeconds": [str(STOP_GRACE_SECONDS)],
-                    "WarmWorkers": ["2"],
+                    "WarmWorkers": [warm_workers()],
                     # G2's local repositories and their file:// dependencies (offline).
                     "AllowedRepositories": [f"{self.git_repos.as_uri()}/*"],
                     "PipOptions": ["--no-index"],

@@ -328,7 +328,23 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="folder for py-spy profiles of the device server and gateway, one per figure",
     )
+    peer = parser.add_argument_group("side by side (see benchmarks/peer.py)")
+    peer.add_argument(
+        "--peer",
+        metavar="URL",
+        help="another OET REST server's API prefix (e.g. http://127.0.0.1:5001/ska-oso-oet/oet"
+        "/api/v7): measure its HTTP figures and ours alternately, instead of the figures above",
+    )
+    peer.add_argument(
+        "--ours", metavar="URL", help="our API prefix (default: an oet-stack of its own)"
+    )
+    peer.add_argument(
+        "--peer-api", choices=("v7", "v1"), default="v7", help="the API shapes of both sides"
+    )
+    peer.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4)")
     options = parser.parse_args(argv)
+    if options.peer:
+        return _side_by_side(options)
     only = {name.strip() for name in options.only.split(",") if name.strip()}
     unknown = only - set(FIGURES)
     if unknown:
@@ -341,17 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = measure(plan, only, log, options.profile)
 
-    meta = {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "mode": "smoke" if options.smoke else "full",
-        "seconds": round(time.monotonic() - began, 1),
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3]
-        if Path("/proc/loadavg").exists()
-        else None,
-    }
+    meta = _meta(began, "smoke" if options.smoke else "full")
     options.out_dir.mkdir(parents=True, exist_ok=True)
     (options.out_dir / "results.json").write_text(
         json.dumps({**results, "meta": meta}, indent=2) + "\n"
@@ -360,6 +366,49 @@ def main(argv: list[str] | None = None) -> int:
     (options.out_dir / "results.md").write_text(table)
     print(table)
     return 0 if all("error" not in results[k] for k in results) else 1
+
+
+def _meta(began: float, mode: str) -> dict[str, Any]:
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "mode": mode,
+        "seconds": round(time.monotonic() - began, 1),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3]
+        if Path("/proc/loadavg").exists()
+        else None,
+    }
+
+
+def _side_by_side(options: argparse.Namespace) -> int:
+    from .peer import markdown as peer_markdown
+    from .peer import side_by_side, to_json
+
+    began = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"[{time.monotonic() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    smoke = options.smoke
+    result = side_by_side(
+        options.peer,
+        options.ours,
+        options.peer_api,
+        rounds=options.rounds or (2 if smoke else 4),
+        gets=20 if smoke else 200,
+        procedures=2 if smoke else 6,
+        load_requests=100 if smoke else 2000,
+        log=log,
+    )
+    meta = _meta(began, "peer-smoke" if smoke else "peer")
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    (options.out_dir / "results-peer.json").write_text(to_json(result, meta))
+    table = peer_markdown(result, meta)
+    (options.out_dir / "results-peer.md").write_text(table)
+    print(table)
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,8 +32,11 @@ ANNOUNCE = "user.script.announce"
 class SseReader:
     """Reads ``{url}/stream`` into ``log`` (raw JSON text per event) until closed."""
 
-    def __init__(self, url: str, log: EventLog | None = None):
+    def __init__(self, url: str, log: EventLog | None = None, live_on_open: bool = False):
         self.url = url
+        #: True: the stream counts as live once its response has begun (a peer OET need not
+        #: send the gateway's first, empty, message).
+        self.live_on_open = live_on_open
         self.log = log if log is not None else EventLog()
         self.connected = threading.Event()
         self.reconnects = 0
@@ -53,6 +56,9 @@ class SseReader:
             headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
             try:
                 with connect_sse(self._client, "GET", f"{self.url}/stream", headers=headers) as src:
+                    if self.live_on_open:
+                        src.response.raise_for_status()
+                        self.connected.set()
                     for message in src.iter_sse():
                         arrival = time.perf_counter()
                         if message.id:

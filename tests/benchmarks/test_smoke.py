@@ -62,3 +62,59 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     for name in FIGURES:
         assert f"| {name} |" in table
+
+
+@pytest.mark.bench_smoke
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_side_by_side_against_a_peer_writes_both_sides(tmp_path: Path) -> None:
+    """``--peer``: our own gateway, started as an oet-stack of its own, stands in for the
+    reference OET (not installable here); both sides measured, ratios computed."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    peer = subprocess.Popen(
+        [
+            sys.executable, "-m", "ska_oso_oet.stack", "--data-dir", str(tmp_path / "peer"),
+            "--rest-port", str(port), "--rest-host", "127.0.0.1",
+            "--scripts", str(ROOT / "benchmarks" / "scripts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/ska-oso-oet/oet/api/v7"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/procedures/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert peer.poll() is None and time.monotonic() < deadline, "peer did not start"
+            time.sleep(0.05)  # waiting for the peer's first 200
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--smoke", "--peer", url, "--rounds", "2",
+             "--out-dir", str(tmp_path / "out")],
+            cwd=ROOT, capture_output=True, text=True, timeout=280,
+        )  # fmt: skip
+    finally:
+        peer.terminate()
+        peer.wait(60)
+    assert completed.returncode == 0, completed.stderr[-3000:] + completed.stdout[-2000:]
+    result = json.loads((tmp_path / "out" / "results-peer.json").read_text())
+    assert result["peer_url"] == url and result["ours_url"] != url
+    for key in ("get_list", "get_one", "get_list_4_clients", "announce_first", "too"):
+        figure = result[key]
+        assert figure["ours"] > 0 and figure["peer"] > 0 and figure["n"] > 0
+        assert figure["ratio"] == pytest.approx(figure["ours"] / figure["peer"], rel=0.01)
+    assert (
+        "| PUT RUNNING -> first announce at SSE |"
+        in (tmp_path / "out" / "results-peer.md").read_text()
+    )
