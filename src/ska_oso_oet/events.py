@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jsonpickle
-
 LOGGER = logging.getLogger(__name__)
 
 # Topic names kept from the original OET.
@@ -50,6 +48,8 @@ def _render_unjsonable(obj: Any) -> Any:
         return sorted(obj, key=repr)
     if isinstance(obj, bytes):
         return obj.decode("utf-8", errors="replace")
+    import jsonpickle  # here: rarely needed, and its import costs every process ~50 ms
+
     return json.loads(jsonpickle.encode(obj, unpicklable=False, make_refs=False, keys=True))
 
 
