@@ -23,7 +23,7 @@ from typing import Any
 
 from ..events import EventBus
 from ..procedure.errors import InvalidRequest, OetError, StateConflict
-from ..procedure.store import JsonTable, StoreLock
+from ..procedure.store import JsonTable
 from .domain import (
     BAD_END,
     ENDED,
@@ -60,15 +60,7 @@ class GroupStore:
     """Groups in sqlite (one JSON row each), used by one live coordinator at a time."""
 
     def __init__(self, path: Path | None, owner: str = "an OET groups device"):
-        self._lock = StoreLock(path) if path is not None else None
-        if self._lock is not None:
-            self._lock.write_owner(owner)
-        try:
-            self._table = JsonTable(path, "groups")
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        self._table = JsonTable(path, "groups", owner)
 
     def load(self) -> list[Group]:
         groups = []
@@ -86,11 +78,7 @@ class GroupStore:
         self._table.delete(group_ids)
 
     def close(self) -> None:
-        try:
-            self._table.close()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+        self._table.close()
 
 
 class GroupCoordinator:

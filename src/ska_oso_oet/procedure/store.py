@@ -26,21 +26,32 @@ LOGGER = logging.getLogger(__name__)
 
 
 class JsonTable:
-    """One sqlite table of ``id -> (summary, extra)``; ``path=None`` keeps it in memory."""
+    """One sqlite table of ``id -> (summary, extra)``; ``path=None`` keeps it in memory.
 
-    def __init__(self, path: Path | None, table: str):
+    With an ``owner``, the table holds the database's :class:`StoreLock` (written with the
+    owner's name) from opening until :meth:`close`: one live engine per database file."""
+
+    def __init__(self, path: Path | None, table: str, owner: str | None = None):
         if not re.fullmatch(r"[a-z_]+", table):
             raise ValueError(f"bad table name {table!r}")
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._table = table
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            str(path) if path is not None else ":memory:",
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=30,
-        )
+        self._owner_lock: StoreLock | None = None
+        if path is not None and owner is not None:
+            self._owner_lock = StoreLock(path)
+            self._owner_lock.write_owner(owner)
+        try:
+            self._db = sqlite3.connect(
+                str(path) if path is not None else ":memory:",
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=30,
+            )
+        except BaseException:
+            self._release_owner_lock()
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -86,8 +97,16 @@ class JsonTable:
             )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        try:
+            with self._lock:
+                self._db.close()
+        finally:
+            self._release_owner_lock()
+
+    def _release_owner_lock(self) -> None:
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
 
 
 @dataclass(frozen=True)
@@ -135,15 +154,7 @@ class ProcedureStore:
     """Procedure summaries with the identity of their worker process."""
 
     def __init__(self, path: Path | None, owner: str = "an OET device"):
-        self._lock = StoreLock(path) if path is not None else None
-        if self._lock is not None:
-            self._lock.write_owner(owner)
-        try:
-            self._table = JsonTable(path, "procedures")
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        self._table = JsonTable(path, "procedures", owner)
 
     def load(self) -> list[StoredProcedure]:
         return [
@@ -160,8 +171,4 @@ class ProcedureStore:
         self._table.delete(procedure_ids)
 
     def close(self) -> None:
-        try:
-            self._table.close()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+        self._table.close()
