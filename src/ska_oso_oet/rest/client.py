@@ -469,10 +469,13 @@ class TangoDeviceClient(DeviceClient):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, partial(func, proxy, *args))
-        except GatewayError:
-            raise
         except Exception as exc:
-            raise error_from_any(exc) from exc
+            error = error_from_any(exc)
+            if error.code in (errors.DEVICE_UNREACHABLE, errors.DEVICE_TIMEOUT):
+                self.listing.on_error()  # the copy of its list is not to be served now
+            if error is exc:
+                raise
+            raise error from exc
 
     async def _command(self, name: str, argument: Any = None) -> Any:
         def run(proxy: Any, *args: Any) -> Any:

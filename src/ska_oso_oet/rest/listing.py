@@ -16,9 +16,11 @@ not be trusted:
 * other lifecycle events (``stacktrace``, ``complete``...) and every write made through the
   gateway make it *stale*: the next GET reads the device once and keeps what it read,
   unless something newer arrived meanwhile;
-* an error event (device down, event channel lost) drops the copy until a value arrives
-  again (Tango re-sends the current value when it re-subscribes), and a copy older than
-  ``max_age`` seconds is read again anyway.
+* an error event (device down, event channel lost) or a failed call to the device drops the
+  copy until a value arrives again (Tango re-sends the current value when it re-subscribes),
+  and a copy older than ``max_age`` seconds is read again anyway: a device server that dies
+  without a word is noticed within ``max_age`` (Tango's own heartbeat takes ~10 s), at the
+  cost of one read per ``max_age`` while the list is polled.
 
 Everything runs on the event loop thread; ``version`` changes whenever the content does, so
 callers can key encoded answers on it. The summaries served are shared: never modify them.
@@ -56,7 +58,7 @@ class ProcedureListing:
     def __init__(
         self,
         *,
-        max_age: float = 10.0,
+        max_age: float = 2.0,
         pending_wait: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ):

@@ -31,11 +31,18 @@ def run_hello(http, stack, events: EventStream | None = None) -> int:
 def test_gateway_follows_a_device_server_restart(stack):
     with stack.http() as http, EventStream(stack.url) as events:
         before = run_hello(http, stack, events)
+        assert http.get("/procedures").status_code == 200  # the gateway's copy is current now
 
         stack.device_server.stop()
-        down = http.get("/procedures")
-        assert down.status_code == 503, down.text
+        # Served from the copy at most its max age (2 s), then the device is asked: 503.
+        down = wait_for(
+            lambda: (r := http.get("/procedures")).status_code == 503 and r,
+            timeout=10,
+            what="GET /procedures answering 503 once the device server is gone",
+        )
         assert down.json()["type"] == "DeviceUnavailable"
+        one = http.get(f"/procedures/{before}")
+        assert one.status_code == 503, one.text  # one procedure is always asked of the device
 
         stack.device_server.start()
         stack.start_device_server_wait()
