@@ -117,6 +117,10 @@ PROPERTY_SETTINGS = {
 PROPERTY_NAMES.update({setting: prop for prop, setting in PROPERTY_SETTINGS.items()})
 
 _ENDED = {"COMPLETE", "STOPPED", "FAILED"}
+#: Most progress values kept for a Start not tracked yet (the newest win).
+_UNTRACKED_PROGRESS_KEPT = 16
+#: ...and for how many procedures (oldest dropped: e.g. scripts run by RunActivity, no Start).
+_UNTRACKED_PROCEDURES_KEPT = 64
 #: Longest answer to a script's question (JSON characters): answers are recorded in history.
 MAX_ANSWER_CHARS = 4096
 #: Event backlog above which the device reports DEGRADED health.
@@ -285,6 +289,10 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         self._reset_lock = threading.Lock()
         #: Questions waiting for an answer, by procedure id (inputRequest).
         self._requests: dict[int, dict[str, Any]] = {}
+        #: Progress (percent) of a procedure whose Start is not tracked yet: the script runs
+        #: before Start's tracking reaches the event thread, so its first progress() calls can
+        #: arrive first; Start's tracking then applies them, in order (event thread only).
+        self._untracked_progress: dict[int, list[int]] = {}
         self._subscription = None
         self._service: ScriptExecutionService | None = None
         self._service_error = ""
@@ -434,15 +442,27 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     def _on_progress(self, event: Event) -> None:
         """A script's progress() is the progress of the Start command that runs it."""
         pid = event.payload.get("procedure_id")
-        command_id = self._view.command_of(pid, "Start") if isinstance(pid, int) else None
-        if command_id is None:
+        if not isinstance(pid, int):
             return
         done, total = event.payload.get("done"), event.payload.get("total")
         try:
             percent = round(100 * float(done) / float(total)) if total else round(float(done))
         except (TypeError, ValueError, OverflowError):
             return
-        self.lrc_progress(command_id, max(0, min(percent, 2**31 - 1)))
+        percent = max(0, min(percent, 2**31 - 1))
+        command_id = self._view.command_of(pid, "Start")
+        if command_id is None:
+            early = self._untracked_progress.setdefault(pid, [])
+            early[:] = [*early[-(_UNTRACKED_PROGRESS_KEPT - 1) :], percent]
+            while len(self._untracked_progress) > _UNTRACKED_PROCEDURES_KEPT:  # no Start came
+                del self._untracked_progress[next(iter(self._untracked_progress))]
+            return
+        self.lrc_progress(command_id, percent)
+
+    def _apply_untracked_progress(self, command_id: str, procedure_id: int) -> None:
+        """The progress a Start's script made before the Start was tracked (event thread)."""
+        for percent in self._untracked_progress.pop(procedure_id, ()):
+            self.lrc_progress(command_id, percent)
 
     def _lookup(self, procedure_id: int) -> dict[str, Any] | None:
         try:
@@ -660,6 +680,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
     def _begin(self, command_id: str, kind: str, procedure_id: int, extra: list[int]) -> list[Any]:
         self.submit(self.lrc_started, command_id)
         self.submit(self._view.track, command_id, kind, procedure_id, extra, self._lookup)
+        if kind == "Start":
+            self.submit(self._apply_untracked_progress, command_id, procedure_id)
         self.submit(self._complete_ready)
         return [[int(ResultCode.STARTED)], [command_id]]
 
