@@ -149,6 +149,11 @@ class CppTangoDatabase:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        # A MariaDB of its own for temporary tables: mariadbd removes every "#sql*" file of its
+        # tmpdir when it starts, so two instances sharing /tmp (two test runs on one machine)
+        # delete each other's tables ("Unknown table 'mysql.tmp_user_nopasswd'" at install).
+        tmpdir = self.folder / "tmp"
+        tmpdir.mkdir(exist_ok=True)
         install_log = self.folder / "mariadb-install.log"
         with install_log.open("w") as log:
             subprocess.run(
@@ -156,6 +161,7 @@ class CppTangoDatabase:
                     "mariadb-install-db",
                     "--no-defaults",
                     f"--datadir={self.datadir}",
+                    f"--tmpdir={tmpdir}",
                     "--user=root",
                     "--auth-root-authentication-method=socket",
                     "--skip-test-db",
@@ -172,6 +178,7 @@ class CppTangoDatabase:
                     "/usr/sbin/mariadbd",
                     "--no-defaults",
                     f"--datadir={self.datadir}",
+                    f"--tmpdir={tmpdir}",
                     f"--socket={self.socket}",
                     f"--port={self.sql_port}",
                     "--bind-address=127.0.0.1",
