@@ -48,16 +48,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
-import tango
 from tango import DevState
 from tango.server import attribute, command, device_property
 
 from .. import events as topics
 from ..activity.service import ActivityService
 from ..events import Event, dumps
-from ..jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds, shown
 from ..procedure.config import PROPERTY_NAMES, OetConfig, config_from_sources
 from ..procedure.domain import PrepareRequest, parse_script_args
 from ..procedure.errors import OetError
@@ -69,6 +67,7 @@ from .activities import ActivityView
 from .activity_commands import ActivityCommands
 from .base import SkaDevice
 from .procedures import ProcedureView
+from .requests import JsonRequests
 from .ska import (
     COMMAND_ACCEPTING_ADMIN_MODES,
     HealthState,
@@ -125,22 +124,12 @@ _UNTRACKED_PROCEDURES_KEPT = 64
 MAX_ANSWER_CHARS = 4096
 #: Event backlog above which the device reports DEGRADED health.
 DEGRADED_BACKLOG = 10_000
-#: Largest command argument (JSON text) accepted; far above any real request.
-MAX_ARGUMENT_CHARS = 1024 * 1024
 #: Largest ``script_args`` of one request (JSON), and of one procedure's summary in total:
 #: every summary is kept in the history window, the state database and every client's list.
 MAX_SCRIPT_ARGS_CHARS = 256 * 1024
 MAX_SUMMARY_CHARS = 512 * 1024
-#: Longest message of a refusal (it goes to the client and to the log).
-MAX_MESSAGE_CHARS = 2000
 #: How long a Switch waits, beyond the stop grace, for the stopped script and its abort script.
 SWITCH_ABORT_TIMEOUT = 60.0
-#: Optional key of the Prepare/Start/Stop/RunActivity arguments: the user on whose behalf a
-#: client (the REST gateway) asks, recorded in the audit trail. Clients that may write the
-#: device are trusted with it; Tango access control decides who they are (see
-#: docs/security.md).
-REQUESTED_BY = "requested_by"
-_USER_NAME = re.compile(r"^[\w.@:+-][\w .@:+/-]{0,127}$")
 _LRC_REPLY = "DevVarLongStringArray"
 #: Topic of the value lastEvent has before the engine published anything (seq 0: a client
 #: that follows seq, like the gateway, knows it is no engine event).
@@ -170,7 +159,7 @@ def initial_event(device: str) -> str:
     return Event(INITIAL_EVENT_TOPIC, device, time.time(), 0, {"device": device}).to_json()
 
 
-class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
+class OETDevice(SkaCommands, ActivityCommands, JsonRequests, SkaDevice):
     """Observation Execution Tool of one subarray: prepares, starts, stops and aborts Python
     observing scripts, each in its own process, and publishes everything they announce as
     change events on lastEvent."""
@@ -520,13 +509,6 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return DevState.ON, f"The device is ON: no procedure is running.{note}", health
 
     # ----- request helpers ------------------------------------------------------------------
-    def _fail(self, reason: str, message: str, origin: str) -> NoReturn:
-        if len(message) > MAX_MESSAGE_CHARS:  # never echo a large input back, nor log it
-            message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} characters)"
-        self.logger.info("%s refused: %s (%s)", origin, message, reason)
-        tango.Except.throw_exception(reason, message, f"{self.get_name()}/{origin}")
-        raise AssertionError("unreachable")  # throw_exception always raises
-
     def _engine(self, origin: str, new_script: bool = False) -> ScriptExecutionService:
         """The service, if commands are allowed now (raises DevFailed otherwise);
         ``new_script``: the command starts script work, which OFF and STANDBY refuse (call it
@@ -580,37 +562,8 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
         return [[int(ResultCode.STARTED)], [command_id]]
 
     def _decode(self, argin: str, origin: str, allowed: set[str]) -> dict[str, Any]:
-        """The JSON object of a command argument, bounded in size and depth; the optional
-        :data:`REQUESTED_BY` key is accepted by every command."""
-        text = (argin or "").strip()
-        if not text:
-            return {}
-        if len(text) > MAX_ARGUMENT_CHARS:
-            self._fail(
-                "OET_INVALID_REQUEST",
-                f"argument of {len(text)} characters refused; at most {MAX_ARGUMENT_CHARS}",
-                origin,
-            )
-        if json_depth_exceeds(text, MAX_JSON_DEPTH):
-            self._fail(
-                "OET_INVALID_REQUEST",
-                f"argument nests JSON deeper than {MAX_JSON_DEPTH} levels",
-                origin,
-            )
-        try:
-            body = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            self._fail("OET_INVALID_REQUEST", f"argument is not valid JSON: {exc}", origin)
-        if not isinstance(body, dict):
-            self._fail("OET_INVALID_REQUEST", "argument must be a JSON object", origin)
-        unknown = set(body) - allowed - {REQUESTED_BY}
-        if unknown:
-            names = ", ".join(shown(k) for k in sorted(unknown)[:5])
-            self._fail(
-                "OET_INVALID_REQUEST",
-                f"unknown keys {names}; expected some of {sorted(allowed)}",
-                origin,
-            )
+        """:meth:`JsonRequests._decode`, and ``script_args`` bounded in size."""
+        body = super()._decode(argin, origin, allowed)
         if "script_args" in body:
             size = len(json.dumps(body["script_args"]))
             if size > MAX_SCRIPT_ARGS_CHARS:
@@ -620,36 +573,6 @@ class OETDevice(SkaCommands, ActivityCommands, SkaDevice):
                     origin,
                 )
         return body
-
-    def _requester(self, body: dict[str, Any], origin: str) -> str:
-        """Who asks, for the audit trail: the :data:`REQUESTED_BY` user a client (the REST
-        gateway) passes on, else the Tango client's identity (``tango`` when Tango gives
-        none)."""
-        client = self._tango_client()
-        user = body.get(REQUESTED_BY)
-        if user is None:
-            return client
-        if not isinstance(user, str) or not _USER_NAME.match(user):
-            self._fail(
-                "OET_INVALID_REQUEST",
-                f"{REQUESTED_BY} must be a user name (at most 128 characters), got {shown(user)}",
-                origin,
-            )
-        self.logger.info("%s on behalf of %s, from %s", origin, user, client)
-        return user
-
-    def _tango_client(self) -> str:
-        """``tango:<host>:<pid>`` of the client running the current command, or ``tango``."""
-        try:
-            ident = self.get_client_ident()
-        except Exception:  # not inside a client request (e.g. a direct call in tests)
-            return "tango"
-        if ident is None or not getattr(ident, "client_ident", False):
-            return "tango"
-        host = str(getattr(ident, "client_ip", "") or "").removeprefix("giop:tcp:")
-        host = host.rsplit(":", 1)[0] if host.count(":") >= 1 else host
-        pid = getattr(ident, "client_pid", 0)
-        return f"tango:{host or 'unknown'}:{pid}" if pid else f"tango:{host or 'unknown'}"
 
     def _procedure_id(self, body: dict[str, Any], origin: str) -> int | None:
         pid = body.get("procedure_id")

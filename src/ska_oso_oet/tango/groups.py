@@ -40,7 +40,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import Any
 
 import tango
 from tango import DevState, EventType
@@ -57,14 +57,13 @@ from ..groups import (
 from ..jsonlimits import shown
 from ..procedure.errors import OetError
 from .base import SkaDevice
+from .requests import JsonRequests
 from .ska import COMMAND_ACCEPTING_ADMIN_MODES, HealthState, ResultCode
 
 #: Reasons of a DevFailed meaning "it did not answer in time" (any other failure of a ping
 #: means the device is gone: its server refuses the connection, or is not exported).
 _TIMEOUT_REASONS = {"API_DeviceTimedOut"}
 _STATECHANGE = '"procedure.lifecycle.statechange"'
-_USER_NAME = re.compile(r"^[\w.@:+-][\w .@:+/-]{0,127}$")
-MAX_ARGUMENT_CHARS = 64 * 1024
 INITIAL_EVENT_TOPIC = "oet.groups.started"
 
 
@@ -100,10 +99,13 @@ def _desc(exc: BaseException) -> str:
     return str(errors[0].desc).strip().splitlines()[0] if errors else str(exc)
 
 
-class OETGroups(SkaDevice):
+class OETGroups(JsonRequests, SkaDevice):
     """Linked observation groups: when one member procedure of a group fails, is stopped or
     loses its device, every other member of the group is stopped (with its subarray's abort
     script when the group asks for it)."""
+
+    #: Largest command argument (a group's JSON is small).
+    max_argument_chars = 64 * 1024
 
     OETDevices = device_property(
         dtype="DevVarStringArray",
@@ -526,11 +528,6 @@ class OETGroups(SkaDevice):
                 closing.wait(max(0.1, self.ReconcileSeconds))
 
     # ----- commands -----------------------------------------------------------------------------
-    def _fail(self, reason: str, message: str, origin: str) -> NoReturn:
-        self.logger.info("%s refused: %s (%s)", origin, message, reason)
-        tango.Except.throw_exception(reason, message, f"{self.get_name()}/{origin}")
-        raise AssertionError("unreachable")
-
     def _ready(self, origin: str) -> GroupCoordinator:
         if self._admin_mode not in COMMAND_ACCEPTING_ADMIN_MODES:
             self._fail(
@@ -541,38 +538,6 @@ class OETGroups(SkaDevice):
         if self.coordinator is None:
             self._fail("OET_ENGINE_UNAVAILABLE", self._error or "no group coordinator", origin)
         return self.coordinator
-
-    def _decode(self, argin: str, origin: str, allowed: set[str]) -> dict[str, Any]:
-        text = (argin or "").strip()
-        if len(text) > MAX_ARGUMENT_CHARS:
-            self._fail("OET_INVALID_REQUEST", f"argument longer than {MAX_ARGUMENT_CHARS}", origin)
-        try:
-            body = json.loads(text or "{}")
-        except (ValueError, RecursionError) as exc:
-            self._fail("OET_INVALID_REQUEST", f"argument is not valid JSON: {exc}", origin)
-        if not isinstance(body, dict):
-            self._fail("OET_INVALID_REQUEST", "argument must be a JSON object", origin)
-        unknown = set(body) - allowed - {"requested_by"}
-        if unknown:
-            names = ", ".join(shown(k) for k in sorted(unknown)[:5])
-            self._fail(
-                "OET_INVALID_REQUEST", f"unknown keys {names}; expected some of {sorted(allowed)}",
-                origin,
-            )  # fmt: skip
-        return body
-
-    def _requester(self, body: dict[str, Any], origin: str) -> str:
-        user = body.get("requested_by")
-        if user is None:
-            try:
-                ident = self.get_client_ident()
-                pid = getattr(ident, "client_pid", 0) if ident is not None else 0
-                return f"tango:{pid}" if pid else "tango"
-            except Exception:
-                return "tango"
-        if not isinstance(user, str) or not _USER_NAME.match(user):
-            self._fail("OET_INVALID_REQUEST", f"requested_by must be a user name, got {shown(user)}", origin)  # fmt: skip
-        return user
 
     def _ids(self, body: dict[str, Any], key: str, origin: str) -> list[int]:
         value = body.get(key, [])
