@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import tango
+
+from tests.support.oet_stack import RunningStack
 
 from .conftest import (
     ABORT_SCRIPT,
@@ -375,23 +375,8 @@ def test_oet_stack_hosts_the_groups_device_beside_its_devices(tmp_path):
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (scripts / "linked.py").write_text(WAIT_SCRIPT)
-    stack = subprocess.Popen(
-        [PYTHON, "-m", "ska_oso_oet.stack", "--data-dir", str(tmp_path / "data"),
-         "--scripts", str(scripts), "--rest-port", "0", "--subarrays", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(stack.stdout.readline, "")))
-    reader.start()
-    try:
-        wait_for(lambda: any("Ctrl-C stops the stack" in line for line in lines), TIMEOUT,
-                 f"oet-stack ready: {lines}")  # fmt: skip
-        url = next(
-            re.search(r"REST API (\S+) \(fronting oso/oet/1\)", line).group(1)
-            for line in lines
-            if "(fronting oso/oet/1)" in line
-        )
+    with RunningStack(tmp_path, scripts=scripts, subarrays=2) as stack:
+        url = stack.rest_urls["oso/oet/1"]
         trigger = tmp_path / "fail"
         with httpx.Client(base_url=url, timeout=30) as http, EventStream(url) as events:
             pids = []
@@ -412,11 +397,3 @@ def test_oet_stack_hosts_the_groups_device_beside_its_devices(tmp_path):
             trigger.touch()
             events.wait_for(is_event("procedure.lifecycle.stopped", pids[1]))
             events.wait_for(group_became(gid, "HALTED"))
-    finally:
-        stack.send_signal(signal.SIGINT)
-        try:
-            stack.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
-        reader.join(10)

@@ -7,10 +7,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,47 +21,16 @@ import tango
 
 from ska_oso_oet.stack import EXIT_DATABASE_DIED
 from tests.support.lrc_client import LrcClient
+from tests.support.oet_stack import START_TIMEOUT, OutputReader, RunningStack, free_port
 from tests.support.tango_events import close_hubs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-START_TIMEOUT = 90.0
 #: A restart waits --restart-delay, then for the devices (or the gateway) to answer.
 RESTART_TIMEOUT = 90.0
 TEST_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 GATEWAY = "ska_oso_oet.rest.server"
 DEVICE_SERVER = "ska_oso_oet.tango.server"
 DATABASE = "PyDatabaseds"
-
-
-class OutputReader:
-    """Collects a child's stdout lines on a thread; waits for a marker line."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self._thread.start()
-
-    def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, marker: str, timeout: float, count: int = 1) -> list[str]:
-        """Until ``count`` lines contain ``marker``; returns every line so far."""
-        with self._changed:
-            if not self._changed.wait_for(
-                lambda: sum(marker in line for line in self.lines) >= count, timeout
-            ):
-                raise AssertionError(f"oet-stack did not print {marker!r}; got {self.lines}")
-            return list(self.lines)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
@@ -150,75 +117,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-class RunningStack:
-    """``oet-stack`` started as a user starts it; :meth:`close` stops it as Ctrl-C does and
-    checks that nothing it started is left."""
-
-    def __init__(self, tmp_path: Path, *options: str) -> None:
-        self.rest_port = free_port()
-        command = [
-            sys.executable, "-m", "ska_oso_oet.stack", "--subarrays", "1",
-            "--data-dir", str(tmp_path / "data"), "--scripts", str(TEST_SCRIPTS),
-            "--rest-port", str(self.rest_port), "--restart-delay", "0.5", *options,
-        ]  # fmt: skip
-        env = {**os.environ, "OET_WARM_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.output = OutputReader(self.process)
-        try:
-            lines = self.output.wait_for("Ctrl-C stops the stack", START_TIMEOUT)
-        except BaseException:
-            self.close(check=False)
-            raise
-        self.tango_host = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("TANGO_HOST="))
-        self.url = f"http://127.0.0.1:{self.rest_port}/api/v1.0"
-
-    def child(self, marker: str) -> psutil.Process:
-        """The stack's one live child process whose command line contains ``marker``."""
-        found = [
-            child
-            for child in psutil.Process(self.process.pid).children()
-            if marker in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE
-        ]
-        assert len(found) == 1, f"{marker}: {found}"
-        return found[0]
-
-    def proxy(self) -> tango.DeviceProxy:
-        proxy = tango.DeviceProxy(f"tango://{self.tango_host}/oso/oet/1")
-        proxy.set_timeout_millis(10_000)
-        return proxy
-
-    def rest(self, path: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}{path}", timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def close(self, check: bool = True) -> None:
-        close_hubs()
-        descendants: list[psutil.Process] = []
-        with contextlib.suppress(psutil.Error):
-            descendants = psutil.Process(self.process.pid).children(recursive=True)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(90)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        _, alive = psutil.wait_procs(descendants, timeout=30)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        self.process.stdout.close()
-        if check:
-            assert code == 0, self.output.lines
-            assert not alive, f"left behind: {alive}"
-
-
 @pytest.fixture(scope="module")
 def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = RunningStack(tmp_path_factory.mktemp("supervised"))
+    running = RunningStack(tmp_path_factory.mktemp("supervised"), scripts=TEST_SCRIPTS)
     try:
         yield running
     finally:
@@ -303,7 +204,7 @@ def test_a_killed_device_server_is_restarted_and_its_devices_answer(
 
 
 def test_the_tango_database_dying_stops_the_whole_stack(tmp_path: Path) -> None:
-    running = RunningStack(tmp_path, "--no-rest")
+    running = RunningStack(tmp_path, "--no-rest", scripts=TEST_SCRIPTS)
     try:
         descendants = psutil.Process(running.process.pid).children(recursive=True)
         database = running.child(DATABASE)
@@ -321,7 +222,7 @@ def test_the_tango_database_dying_stops_the_whole_stack(tmp_path: Path) -> None:
 
 
 def test_nothing_outlives_a_stack_killed_by_sigkill(tmp_path: Path) -> None:
-    running = RunningStack(tmp_path)
+    running = RunningStack(tmp_path, scripts=TEST_SCRIPTS)
     try:
         gateway = running.child(GATEWAY)
         gateway.kill()  # so that one child was started by a supervising thread, not at start-up
