@@ -18,7 +18,7 @@ import tango
 
 from ska_oso_oet import stack
 from tests.support.tango_events import close_hubs
-from tests.unit.tango.conftest import SCRIPTS
+from tests.unit.tango.conftest import write_scripts
 
 DEVICES = ["oso/oet/1", "oso/oet/2"]
 
@@ -68,9 +68,7 @@ class RealStack:
 
 @pytest.fixture(scope="module")
 def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
-    script_dir = tmp_path_factory.mktemp("scripts")
-    for name, text in SCRIPTS.items():
-        (script_dir / name).write_text(text)
+    script_dir = write_scripts(tmp_path_factory.mktemp("scripts"))
     data_dir = tmp_path_factory.mktemp("stack")
     options = stack.build_parser().parse_args(
         [

@@ -34,7 +34,7 @@ from tests.support.cpp_tango import (
 )
 from tests.support.lrc_client import LrcClient
 from tests.support.tango_events import EventTracer, close_hubs
-from tests.unit.tango.conftest import SCRIPTS
+from tests.unit.tango.conftest import write_scripts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ALL_DEVICES = [f"oso/oet/{n}" for n in range(1, 17)]
@@ -60,10 +60,7 @@ class CppStack:
 def cpp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CppStack]:
     require_debian_tango()
     folder = tmp_path_factory.mktemp("cpp-tango")
-    script_dir = folder / "scripts"
-    script_dir.mkdir()
-    for name, text in SCRIPTS.items():
-        (script_dir / name).write_text(text)
+    script_dir = write_scripts(folder / "scripts")
     with CppTangoDatabase(folder / "db") as db:
         json2tango(db.tango_host)
         # What an operator adds for the site: script roots, abort script, a history file.

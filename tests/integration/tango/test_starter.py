@@ -31,7 +31,7 @@ from tests.support.cpp_tango import (
 )
 from tests.support.lrc_client import LrcClient
 from tests.support.tango_events import EventTracer, close_hubs
-from tests.unit.tango.conftest import SCRIPTS
+from tests.unit.tango.conftest import write_scripts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 SERVER = "OETDeviceServer/oet"
@@ -125,10 +125,7 @@ class StarterRig:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StarterRig]:
     require_debian_tango()
     folder = tmp_path_factory.mktemp("starter")
-    script_dir = folder / "scripts"
-    script_dir.mkdir()
-    for name, text in SCRIPTS.items():
-        (script_dir / name).write_text(text)
+    script_dir = write_scripts(folder / "scripts")
     bin_dir = folder / "bin"
     bin_dir.mkdir()
     # What a facility installs in Starter's StartDsPath: the server's executable.

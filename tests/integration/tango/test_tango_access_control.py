@@ -29,7 +29,7 @@ from tests.support.cpp_tango import (
 )
 from tests.support.lrc_client import LrcClient
 from tests.support.tango_events import close_hubs
-from tests.unit.tango.conftest import SCRIPTS
+from tests.unit.tango.conftest import write_scripts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 DEVICES = [f"oso/oet/{n}" for n in range(1, 17)]
@@ -77,10 +77,7 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CppTan
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is needed to run a client as another user")
     folder = tmp_path_factory.mktemp("tac")
-    script_dir = folder / "scripts"
-    script_dir.mkdir()
-    for name, text in SCRIPTS.items():
-        (script_dir / name).write_text(text)
+    script_dir = write_scripts(folder / "scripts")
     with CppTangoDatabase(folder / "db") as db:
         json2tango(db.tango_host)
         tango.Database("127.0.0.1", db.port).put_device_property(

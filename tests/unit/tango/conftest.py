@@ -71,7 +71,12 @@ def main():
 
 @pytest.fixture(scope="module")
 def script_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("scripts")
+    return write_scripts(tmp_path_factory.mktemp("scripts"))
+
+
+def write_scripts(folder: Path) -> Path:
+    """The test scripts (:data:`SCRIPTS`) written into ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
     for name, text in SCRIPTS.items():
         (folder / name).write_text(text)
     return folder

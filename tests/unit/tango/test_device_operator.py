@@ -14,7 +14,7 @@ from ska_oso_oet.tango.ska import ResultCode, TaskStatus
 from tests.support.lrc_client import LrcClient
 from tests.support.tango_events import EventTracer
 
-from .conftest import SCRIPTS, body
+from .conftest import body, write_scripts
 
 pytestmark = pytest.mark.timeout(120)
 TEST_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -22,9 +22,7 @@ TEST_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 @pytest.fixture(scope="module")
 def script_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("scripts")
-    for name, text in SCRIPTS.items():
-        (folder / name).write_text(text)
+    folder = write_scripts(tmp_path_factory.mktemp("scripts"))
     for name in ("checkpoints.py", "asks.py"):
         shutil.copy(TEST_SCRIPTS / name, folder / name)
     return folder
