@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,36 +159,40 @@ def _label(process: psutil.Process) -> str:
     return "other"
 
 
+def _spawns(
+    subarrays: int,
+    runs: int,
+    cold: list[float],
+    measure_last: Callable[[SpawnedStack], tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[list[float], tuple[dict[str, Any], dict[str, Any]]]:
+    """Spawn -> first 200 of ``runs`` stacks of ``subarrays``; ``measure_last`` measures the
+    last one before it stops. Each spawn follows its baseline, appended to ``cold``: a cold
+    interpreter loading a tango-importing script (P1's), i.e. what one process of the stack
+    costs to start on this machine now."""
+    spawns: list[float] = []
+    measured: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    for run in range(runs):
+        cold.append(cold_interpreter(SCRIPTS / "imports_tango.py"))
+        stack = SpawnedStack(subarrays)
+        try:
+            spawns.append(stack.start())
+            if run == runs - 1:
+                measured = measure_last(stack)
+        finally:
+            stack.stop()
+    return spawns, measured
+
+
 def stack_figures(plan: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
     """S1 (1 subarray: spawn -> first 200, footprint) and H1 (gateway GETs, measured on the
     last S1 stack), then S16 (16 subarrays)."""
-    spawn1: list[float] = []
     cold: list[float] = []
-    memory1: dict[str, Any] = {}
-    h1: dict[str, Any] = {}
-    for run in range(plan.spawn_runs):
-        # The baseline, interleaved: a cold interpreter loading a tango-importing script
-        # (P1's), i.e. what one process of the stack costs to start on this machine now.
-        cold.append(cold_interpreter(SCRIPTS / "imports_tango.py"))
-        stack = SpawnedStack(1)
-        try:
-            spawn1.append(stack.start())
-            if run == plan.spawn_runs - 1:
-                memory1 = stack.footprint()
-                h1 = gateway_overhead(stack, plan)
-        finally:
-            stack.stop()
-    spawn16: list[float] = []
-    memory16: dict[str, Any] = {}
-    for run in range(plan.spawn_runs):
-        cold.append(cold_interpreter(SCRIPTS / "imports_tango.py"))
-        stack = SpawnedStack(16)
-        try:
-            spawn16.append(stack.start())
-            if run == plan.spawn_runs - 1:
-                memory16 = stack.footprint()
-        finally:
-            stack.stop()
+    spawn1, (memory1, h1) = _spawns(
+        1, plan.spawn_runs, cold, lambda stack: (stack.footprint(), gateway_overhead(stack, plan))
+    )
+    spawn16, (memory16, _) = _spawns(
+        16, plan.spawn_runs, cold, lambda stack: (stack.footprint(), {})
+    )
     growth = (memory16["rss_mib"] - memory1["rss_mib"]) / 15
     rss = {
         "rss_mib": memory1["rss_mib"],
