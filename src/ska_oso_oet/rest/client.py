@@ -558,8 +558,11 @@ class TangoDeviceClient(DeviceClient):
         requested_by: str | None = None,
         timeout: float = 90.0,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"procedure_id": procedure_id, "run_abort": run_abort}
-        body["force"] = force
+        body: dict[str, Any] = {
+            "procedure_id": procedure_id,
+            "run_abort": run_abort,
+            "force": force,
+        }
         if script_args:
             body["script_args"] = script_args
         command_id = await self._lrc("Switch", _audited(body, requested_by))
