@@ -76,24 +76,36 @@ def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict
         tango_runs.append(tango_report)
         sse_runs.append(sse_report)
         scripts.append(plan.announce / script_time)
+    bursts = [_announce_run(dev, rest_url, plan.burst)[:2] for _ in range(plan.burst_runs)]
     floor = [_burst(base, "Burst", plan.announce) for _ in range(plan.announce_runs)]
+    burst_floor = [_burst(base, "Burst", plan.burst) for _ in range(plan.burst_runs)]
     like_oet = [_burst(base, "BurstLikeOet", plan.announce) for _ in range(plan.announce_runs)]
     target = "rate >= 10,000 messages/s, zero lost, in order"
     kind = "bare Tango change-event push rate of a minimal device"
 
-    def figure(runs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    def figure(
+        runs: list[dict[str, Any]], key: str = "rate_per_s", short: bool = False, **extra: Any
+    ) -> dict[str, Any]:
         clean = all(r["lost"] == 0 and r["in_order"] for r in runs)
         return rate(
-            [r["rate_per_s"] for r in runs],
-            baseline=floor,
+            [r[key] for r in runs],
+            baseline=burst_floor if short else floor,
             target_rate=10_000,
-            target=target,
+            target=target + (", from the script's first send to the last arrival" * short),
             met=clean,
             lost=sum(r["lost"] for r in runs),
             in_order=all(r["in_order"] for r in runs),
-            messages=plan.announce,
+            messages=plan.burst if short else plan.announce,
             baseline_kind=kind,
             **extra,
+        )
+
+    def short_burst(client: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        # A short burst is judged end to end: its first message also waits for the wake-ups
+        # that a long burst amortises (A1 times that first message alone).
+        arrival = statistics.median(r["rate_per_s"] for r in runs)
+        return figure(
+            runs, "end_to_end_rate_per_s", True, client=client, arrival_rate_per_s=arrival
         )
 
     main = figure(
@@ -111,7 +123,12 @@ def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict
         reconnects=sum(r.get("reconnects", 0) for r in sse_runs),
         client_cpu_seconds=round(sum(r.get("cpu_seconds", 0.0) for r in sse_runs), 2),
     )
-    return combine(main, {"sse": sse})
+    parts = {
+        "sse": sse,
+        "burst_1000": short_burst("Tango lastEvent subscriber", [t for t, _ in bursts]),
+        "burst_1000_sse": short_burst("SSE client (separate process)", [e for _, e in bursts]),
+    }
+    return combine(main, parts)
 
 
 def _get_load(url: str, total: int, concurrency: int) -> tuple[list[float], float]:

@@ -89,6 +89,8 @@ PART_TITLES = {
     "command": "GetProcedure command round trip",
     "read": "attribute read round trip",
     "sse": "20,000 announces -> SSE client",
+    "burst_1000": "1,000-announce bursts -> Tango subscriber, end to end",
+    "burst_1000_sse": "1,000-announce bursts -> SSE client, end to end",
     "per_device": "per-device prepare -> COMPLETE",
     "post_to_ready": "POST /procedures -> READY (SSE)",
     "reuse_uv": "environment reuse (uv-built)",

@@ -124,6 +124,10 @@ def _report(
     arrivals: list[float], messages: list[Any], seqs: list[int], stamps: list[float], count: int
 ) -> dict[str, Any]:
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    # From the script's first send (its wall-clock timestamp) to the last arrival (this
+    # process's perf_counter, turned into wall-clock time): the burst end to end.
+    wall = time.time() - time.perf_counter()
+    end_to_end = arrivals[-1] + wall - stamps[0] if arrivals and stamps and stamps[0] else 0.0
     return {
         "received": len(messages),
         "lost": count - len(set(m for m in messages if isinstance(m, int))),
@@ -132,6 +136,7 @@ def _report(
         "first": arrivals[0] if arrivals else None,
         "last": arrivals[-1] if arrivals else None,
         "rate_per_s": (len(arrivals) - 1) / span if span > 0 else 0.0,
+        "end_to_end_rate_per_s": len(arrivals) / end_to_end if end_to_end > 0 else 0.0,
         "script_rate_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0])
         if len(stamps) > 1 and stamps[-1] > stamps[0]
         else 0.0,

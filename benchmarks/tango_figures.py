@@ -43,6 +43,9 @@ class Plan:
     responsiveness: int = 600
     announce: int = 20_000
     announce_runs: int = 3
+    #: P6's short-burst part: bursts of this many messages, each its own run
+    burst: int = 1000
+    burst_runs: int = 5
     scale_runs: int = 5
     gateway_requests: int = 2000
     gateway_concurrency: int = 4
@@ -54,6 +57,7 @@ class Plan:
     def smoke(cls) -> Plan:
         return cls(
             n=3, cold=2, ignore_sigterm=1, responsiveness=32, announce=500, announce_runs=1,
+            burst_runs=1,
             scale_runs=1, gateway_requests=40, pace=0.05, spawn_runs=1,
             gateway_rounds=1,
         )  # fmt: skip

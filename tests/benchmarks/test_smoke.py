@@ -53,6 +53,9 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
             _check_figure(f"{name}.{part}", sub)
     assert results["P1"]["baseline_median_ms"] is not None  # cold interpreter, same run
     assert results["P6"]["lost"] == 0 and results["P6"]["in_order"]  # delivery, not speed
+    for burst in ("burst_1000", "burst_1000_sse"):  # the short bursts, judged end to end
+        short = results["P6"]["parts"][burst]
+        assert short["lost"] == 0 and short["in_order"] and short["rate_per_s"] > 0
     footprint = results["S1"]["parts"]["footprint"]
     assert footprint["processes"] >= 4 and footprint["rss_mib"] > footprint["pss_mib"] > 0
     assert "rss_growth_per_subarray_mib" in footprint
