@@ -826,16 +826,17 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = child_environment(os.environ)
     address = TangoHost(f"{options.host}:{options.port}" if options.port else None)
-    # The children first: everything else here is quick next to their imports.
+    devices = load_devices(options.config, options.subarrays)  # a bad file: nothing started
+    # The children first: the rest is quick next to their imports.
     db_process = spawn_database(data_dir, options.host, options.port, env)
     stack.add(DATABASE, db_process)
     server = spawn_device_server(data_dir, options.host, env)
     # its fork server waits until the services answer (see ChildProcess.hold)
     server.hold = True
     stack.add(SERVER, server)
-    devices = load_devices(options.config, options.subarrays)
     properties = {name: device_properties(props, name, options) for name, props in devices.items()}
     address.hand_to(server, {"register": registration(properties)})
+    seed_sbds(sb_store(options))  # in this thread (a thread of its own costs the parent RSS)
     names = list(devices)
     context = StackContext(options, address, names, data_dir, env, stack.stopping)
     abandon = threading.Event()
@@ -847,7 +848,6 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
 
     def wait() -> None:
         try:
-            seed_sbds(sb_store(options))  # here: while the children import
             if not options.port:
                 port = database_port(db_process, data_dir, stack.stopping)
                 address.set(f"{options.host}:{port}")
