@@ -302,15 +302,28 @@ class ChildProcess(subprocess.Popen):
     the device server, reports its devices' readiness on a pipe (:meth:`wait_ready`)."""
 
     ready_fd: int | None = None
+    #: keep stdin open after the setup line until :meth:`release` (the device server starts
+    #: its worker fork server when it closes, see :mod:`.stack_child`)
+    hold: bool = False
 
     def send_setup(self, tango_host: str, extra: dict[str, Any]) -> None:
         line = json.dumps({"env": {"TANGO_HOST": tango_host}, **extra}) + "\n"
         try:
             assert self.stdin is not None
             self.stdin.write(line.encode())
-            self.stdin.close()
+            if self.hold:
+                self.stdin.flush()
+            else:
+                self.stdin.close()
         except (OSError, ValueError):  # it died (or was stopped): its waiter sees that
             pass
+
+    def release(self) -> None:
+        """End a held stdin (see :attr:`hold`)."""
+        self.hold = False
+        with contextlib.suppress(OSError, ValueError):
+            if self.stdin is not None:
+                self.stdin.close()
 
     def wait_ready(self, check: Callable[[], None], stopping: Any = None) -> dict[str, Any]:
         """The child's readiness report (``{"ready": [...]}`` or ``{"error": ...}``);
@@ -345,9 +358,10 @@ def spawn_child(
     preload: Sequence[str] = (),
     ready: bool = False,
 ) -> ChildProcess:
-    """Start ``python -m module args`` through :mod:`.stack_child` (guarded, its own
-    session); ``ready``: with a readiness pipe (:meth:`ChildProcess.wait_ready`)."""
-    command = [sys.executable, "-m", "ska_oso_oet.stack_child"]
+    """Start ``python -m module args`` through :mod:`.stack_child` (guarded by itself, see
+    :func:`.stack_child.guard`: no second interpreter; its own session); ``ready``: with a
+    readiness pipe (:meth:`ChildProcess.wait_ready`)."""
+    command = [sys.executable, "-m", "ska_oso_oet.stack_child", "--parent", str(os.getpid())]
     if preload:
         command += ["--preload", ",".join(preload)]
     read_end = write_end = None
@@ -356,7 +370,7 @@ def spawn_child(
         command += ["--ready-fd", str(write_end)]
     try:
         process = ChildProcess(
-            guarded([*command, module, *args]),
+            [*command, module, *args],
             stdin=subprocess.PIPE,
             stdout=stdout,
             stderr=subprocess.STDOUT,
@@ -513,13 +527,24 @@ def start_device_server(
     env: dict[str, str],
     address: TangoHost | None = None,
     register: dict[str, dict[str, list[str]]] | None = None,
+    hold: bool = False,
 ) -> ChildProcess:
     """Start ``OETDeviceServer`` (at once: it imports while the database starts). Once
     ``address`` (default: ``env["TANGO_HOST"]``) is known and the database answers, it
-    declares the devices of ``register`` and starts; :func:`wait_for_devices` waits for them."""
-    address = address or TangoHost(env["TANGO_HOST"])
+    declares the devices of ``register`` and starts; :func:`wait_for_devices` waits for them.
+    ``hold``: its worker fork server waits for :meth:`ChildProcess.release` (or a script)."""
+    process = spawn_device_server(data_dir, host, env)
+    process.hold = hold
+    (address or TangoHost(env["TANGO_HOST"])).hand_to(
+        process, {"register": registration(register or {})}
+    )
+    return process
+
+
+def spawn_device_server(data_dir: Path, host: str, env: dict[str, str]) -> ChildProcess:
+    """``OETDeviceServer`` started, waiting for its setup line (see :func:`start_device_server`)."""
     with _log_file(data_dir, SERVER) as log:
-        process = spawn_child(
+        return spawn_child(
             "ska_oso_oet.tango.server",
             [INSTANCE, "-ORBendPoint", f"giop:tcp:{host}:0"],
             log,
@@ -527,8 +552,6 @@ def start_device_server(
             preload=("tango",),
             ready=True,
         )
-    address.hand_to(process, {"register": registration(register or {})})
-    return process
 
 
 def wait_for_devices(
@@ -802,14 +825,18 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     data_dir: Path = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     env = child_environment(os.environ)
-    seed_sbds(sb_store(options))
-    devices = load_devices(options.config, options.subarrays)
-    properties = {name: device_properties(props, name, options) for name, props in devices.items()}
     address = TangoHost(f"{options.host}:{options.port}" if options.port else None)
+    devices = load_devices(options.config, options.subarrays)  # a bad file: nothing started
+    # The children first: the rest is quick next to their imports.
     db_process = spawn_database(data_dir, options.host, options.port, env)
     stack.add(DATABASE, db_process)
-    server = start_device_server(data_dir, options.host, env, address, properties)
+    server = spawn_device_server(data_dir, options.host, env)
+    # its fork server waits until the services answer (see ChildProcess.hold)
+    server.hold = True
     stack.add(SERVER, server)
+    properties = {name: device_properties(props, name, options) for name, props in devices.items()}
+    address.hand_to(server, {"register": registration(properties)})
+    seed_sbds(sb_store(options))  # in this thread (a thread of its own costs the parent RSS)
     names = list(devices)
     context = StackContext(options, address, names, data_dir, env, stack.stopping)
     abandon = threading.Event()
@@ -859,6 +886,7 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
         raise
     finally:
         abandon.set()  # ends the watch of wait()
+        server.release()  # the stack is up (or gives up): the device server's fork server starts
     env["TANGO_HOST"] = address.get()  # for what the stack starts from now on (restarts)
     LOGGER.info("%s (pid %d) serves %s", SERVER, server.pid, ", ".join(names))
     return context

@@ -4,24 +4,31 @@ Most of a child's start-up is importing (``tango`` alone takes most of a second 
 machine), and none of it needs the database. So ``oet-stack`` starts the device server and the
 gateway at the same moment as the database, each as::
 
-    python -m ska_oso_oet.stack_child [--preload M,...] [--ready-fd N] MODULE [ARGS...]
+    python -m ska_oso_oet.stack_child [--parent PID] [--preload M,...] [--ready-fd N] MODULE [ARGS...]
 
 which
 
-1. imports the ``--preload`` modules and ``MODULE``;
-2. reads one JSON line on standard input, sent by ``oet-stack`` once the database listens (its
+1. with ``--parent``: asks to be sent SIGTERM when ``oet-stack`` dies (:func:`guard`);
+2. imports the ``--preload`` modules and ``MODULE``;
+3. reads one JSON line on standard input, sent by ``oet-stack`` once the database listens (its
    port is known only then): ``{"env": {"TANGO_HOST": ...}, "register": {...}}``, and puts
    ``env`` into its environment (end of input without a line: the stack is gone, exit 70);
-3. with ``--ready-fd`` (the device server): waits until the database answers ``get_info``
+4. with ``--ready-fd`` (the device server): waits until the database answers ``get_info``
    (the honest ready check: the port line alone says the socket is bound, not that the
    database serves), then declares the devices of ``register`` (``{name: {property:
    [values], "__class_server__": [class, server]}}``, see :func:`register`) in one
-   ``DbAddServer`` call and one ``DbPutDeviceProperty`` per device;
-4. runs ``MODULE.main(ARGS)``; with ``--ready-fd``, ``main`` gets an ``on_ready`` callback (see
+   ``DbAddServer`` call and one ``DbPutDeviceProperty`` per device. Steps 3 and 4 run in a
+   thread (:class:`Setup`) while ``MODULE`` imports: they wait on the database, the import
+   on the CPU;
+5. runs ``MODULE.main(ARGS)``; with ``--ready-fd``, ``main`` gets an ``on_ready`` callback (see
    :func:`ska_oso_oet.tango.server.main`) after which every device of the server is pinged and
    read (``ping``, ``state``) through a ``DeviceProxy``, as any client reaches it, and the
    names that answered are written to the descriptor as one JSON line ``{"ready": [...]}``
-   (``{"error": "..."}`` if they did not answer within :data:`READY_TIMEOUT`).
+   (``{"error": "..."}`` if they did not answer within :data:`READY_TIMEOUT`); and
+   ``workers_after``, an event set when ``oet-stack`` closes standard input: it keeps it open
+   until its services (the gateway) answer, and the server starts its worker fork server then
+   (or at the first script), so that the fork server's imports do not compete with the
+   gateway's start.
 
 Doing the database and device checks here, in processes that load ``tango`` anyway, spares
 ``oet-stack`` the short-lived probe processes (each one more ``tango`` import) it used before,
@@ -31,6 +38,7 @@ and keeps the long-running parent free of ``tango``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -132,35 +140,95 @@ def _on_ready(ready_fd: int) -> Any:
     return callback
 
 
+def guard(parent: int) -> None:
+    """Ask Linux to send this process SIGTERM when the ``oet-stack`` thread that started it
+    ends, so that nothing outlives a stack killed by SIGKILL (what ``stack.guarded`` does for
+    other programs, without an interpreter of its own); exit at once if the stack is already
+    gone (it died before the request took effect)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(AttributeError):  # no prctl (not Linux): nothing to ask for
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(EXIT_NO_SETUP)
+
+
+class Setup:
+    """The device server's part of the start that needs the database: read the setup line,
+    wait until the database answers, declare the devices. It runs in a thread while the
+    server's own modules import (a second or more of CPU, the longest part of its start), so
+    that the database's start and the registration's round trips are not added to it."""
+
+    def __init__(self, stdin: Any) -> None:
+        self._stdin = stdin
+        self.done = threading.Event()
+        #: set once ``oet-stack`` closes standard input after the setup line (its services
+        #: are up, or it is gone): the device server then starts its worker fork server
+        self.stack_up = threading.Event()
+        self.received = False
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="oet-stack-setup", daemon=True)
+
+    def start(self) -> Setup:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            line = self._stdin.readline()
+            if not line:
+                return
+            self.received = True
+            setup = json.loads(line)
+            os.environ.update(setup.get("env") or {})
+            import tango  # preloaded by the main thread
+
+            try:
+                db = wait_for_database(tango, time.monotonic() + READY_TIMEOUT)
+                register(db, setup.get("register") or {})
+            except (RuntimeError, tango.DevFailed) as exc:
+                self.error = exc.args[0].desc if isinstance(exc, tango.DevFailed) else str(exc)
+        except Exception as exc:  # a malformed line: reported like a failed registration
+            self.error = str(exc)
+        finally:
+            self.done.set()
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.read()  # until oet-stack closes it
+        self.stack_up.set()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ska_oso_oet.stack_child")
+    parser.add_argument("--parent", type=int, help="pid of oet-stack: die with it (see guard)")
     parser.add_argument("--preload", default="", help="comma-separated modules to import first")
     parser.add_argument("--ready-fd", type=int, help="report the devices' readiness here")
     parser.add_argument("module")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
+    if options.parent is not None:
+        guard(options.parent)
     for name in filter(None, options.preload.split(",")):
         importlib.import_module(name)
-    module = importlib.import_module(options.module)
-    line = sys.stdin.readline()
-    if not line:
-        return EXIT_NO_SETUP
-    setup = json.loads(line)
-    os.environ.update(setup.get("env") or {})
     if options.ready_fd is None:
+        module = importlib.import_module(options.module)
+        line = sys.stdin.readline()
+        if not line:
+            return EXIT_NO_SETUP
+        os.environ.update(json.loads(line).get("env") or {})
         module.main(options.args)
         return 0
-    import tango
-
-    try:
-        db = wait_for_database(tango, time.monotonic() + READY_TIMEOUT)
-        register(db, setup.get("register") or {})
-    except (RuntimeError, tango.DevFailed) as exc:
-        reason = exc.args[0].desc if isinstance(exc, tango.DevFailed) else str(exc)
-        _report(options.ready_fd, {"error": f"registering the devices failed: {reason}"})
-        print(f"registering the devices failed: {reason}", file=sys.stderr)
+    setup = Setup(sys.stdin).start()
+    module = importlib.import_module(options.module)
+    setup.done.wait()
+    if not setup.received:
+        return EXIT_NO_SETUP
+    if setup.error is not None:
+        _report(options.ready_fd, {"error": f"registering the devices failed: {setup.error}"})
+        print(f"registering the devices failed: {setup.error}", file=sys.stderr)
         return 1
-    return module.main(options.args, on_ready=_on_ready(options.ready_fd)) or 0
+    on_ready = _on_ready(options.ready_fd)
+    return module.main(options.args, on_ready=on_ready, workers_after=setup.stack_up) or 0
 
 
 if __name__ == "__main__":

@@ -223,8 +223,8 @@ class WorkerLauncher:
         start: bool = True,
     ):
         """``start=False`` defers the fork server to :meth:`start` (the device server starts it
-        once its devices answer, so that its imports do not slow the server's own start);
-        workers asked for meanwhile wait for it."""
+        once its devices answer, so that its imports do not slow the server's own start); the
+        first worker asked for meanwhile starts it and waits for it."""
         self.python = python
         self._nice = nice
         self._preload = tuple(preload_modules)
@@ -454,6 +454,7 @@ class WorkerLauncher:
         if python is not None:
             request["python"] = python
         deadline = time.monotonic() + _SPAWN_TIMEOUT
+        self.start()  # a deferred fork server starts at the first fork asked for
         try:
             with self._lock:
                 # A fork server being started or restarted is waited for, not failed on.

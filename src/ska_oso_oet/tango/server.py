@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,11 +39,18 @@ EVENT_BUFFER_HWM = "200000"
 LOGGER = logging.getLogger(__name__)
 
 
-def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    workers_after: threading.Event | None = None,
+) -> int:
     """Run the device server until it is told to stop (Ctrl-C, SIGTERM, DServer Kill).
 
     :param on_ready: called once the devices exist, before the server serves (``oet-stack``
         checks them from there, see :mod:`ska_oso_oet.stack_child`)
+    :param workers_after: the worker fork server starts once this is set (``oet-stack`` sets it
+        once its gateway answers), or at the first script if that comes sooner; by default it
+        starts once the devices exist
     """
     # Tango's Starter leaves SIGTERM, SIGINT, SIGHUP and SIGQUIT blocked in the mask it hands
     # down; unblocked here, before any thread exists, so every thread, the fork server and
@@ -60,14 +68,25 @@ def main(argv: Sequence[str] | None = None, on_ready: Callable[[], None] | None 
             config.preload_modules, config.warm_workers, nice=config.worker_nice, start=start
         )
 
-    # The fork server (which imports tango and pubsub) starts once the devices exist, not
-    # before: it would compete with the server's own start for the CPU; a Prepare that comes
-    # first waits for it.
+    # The fork server (which imports tango and pubsub) starts once the devices exist (or, in
+    # oet-stack, once the gateway answers), not before: it would compete with the server's
+    # own start (and the gateway's) for the CPU; a Prepare that comes first starts it and
+    # waits for it.
     launcher = new_launcher(start=False)
     runtime.install_launcher(launcher, factory=new_launcher)  # factory: for Reset
 
-    def post_init() -> None:
+    def start_workers_after(event: threading.Event) -> None:
+        event.wait()
         launcher.start()
+
+    def post_init() -> None:
+        if workers_after is None:
+            launcher.start()
+        else:
+            threading.Thread(
+                target=start_workers_after, args=(workers_after,), name="oet-workers-after",
+                daemon=True,
+            ).start()  # fmt: skip
         if on_ready is not None:
             on_ready()
 

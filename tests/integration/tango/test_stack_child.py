@@ -5,8 +5,10 @@ through a DeviceProxy; the stack refuses a server that does not serve what it as
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import tango
 
@@ -74,3 +76,35 @@ def test_telemetry_patching_is_off_unless_telemetry_is_asked_for() -> None:
     assert "PYTANGO_DISABLE_TELEMETRY_PATCHING" not in asked
     kept = stack.child_environment({"PYTANGO_DISABLE_TELEMETRY_PATCHING": "0"})
     assert kept["PYTANGO_DISABLE_TELEMETRY_PATCHING"] == "0"
+
+
+def _fork_servers(server: stack.ChildProcess) -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process(server.pid).children()
+        if "--zygote" in " ".join(child.cmdline())
+    ]
+
+
+def test_a_held_server_starts_its_fork_server_once_released(tmp_path: Path) -> None:
+    """oet-stack holds the device server's stdin until its gateway answers: the worker fork
+    server (a tango import of its own) must not compete with the gateway's start."""
+    processes = stack.Stack()
+    env = stack.child_environment({**os.environ, "OET_WARM_WORKERS": "1"})
+    try:
+        database, port = stack.start_database(tmp_path, "127.0.0.1", 0, env)
+        processes.add(stack.DATABASE, database)
+        env["TANGO_HOST"] = f"127.0.0.1:{port}"
+        server = stack.start_device_server(
+            tmp_path, "127.0.0.1", env, register=_properties(tmp_path, ["oso/oet/1"]), hold=True
+        )
+        processes.add(stack.SERVER, server)
+        stack.wait_for_devices(env["TANGO_HOST"], ["oso/oet/1"], server, tmp_path)
+        assert _fork_servers(server) == [], "held: no fork server yet"
+        server.release()
+        deadline = time.monotonic() + 60
+        while not _fork_servers(server):
+            assert time.monotonic() < deadline, "no fork server after the release"
+            time.sleep(0.05)  # waiting for the device server to start it
+    finally:
+        processes.stop()

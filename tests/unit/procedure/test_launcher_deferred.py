@@ -1,6 +1,7 @@
 """A launcher made with ``start=False`` (the device server's: its fork server starts once the
-devices exist) starts nothing until :meth:`start`, and a worker asked for meanwhile waits for
-the fork server instead of failing."""
+devices exist, or in oet-stack once the gateway answers) starts nothing until :meth:`start`
+or the first worker asked for, which starts the fork server and waits for it instead of
+failing."""
 
 from __future__ import annotations
 
@@ -21,30 +22,38 @@ def _zygotes() -> list[psutil.Process]:
     ]
 
 
-def test_nothing_starts_before_start_and_a_spawn_waits_for_it() -> None:
+def test_nothing_starts_before_start_or_a_spawn() -> None:
     before = {p.pid for p in _zygotes()}
     launcher = WorkerLauncher(preload_modules=(), warm_workers=1, start=False)
     try:
         assert launcher.zygote_pid is None and launcher.healthy and launcher.degraded is None
         assert {p.pid for p in _zygotes()} == before
-        got: list[object] = []
-        asked = threading.Event()
-
-        def spawn() -> None:
-            asked.set()
-            got.append(launcher.spawn())
-
-        thread = threading.Thread(target=spawn)
-        thread.start()
-        assert asked.wait(TIMEOUT)
-        thread.join(0.2)
-        assert thread.is_alive() and not got, "spawn() waits for the deferred fork server"
         launcher.start()
         launcher.start()  # a second call does nothing
-        thread.join(TIMEOUT)
-        assert not thread.is_alive() and got
-        worker = got[0]
+        worker = launcher.spawn()
         assert psutil.Process(worker.pid).ppid() == launcher.zygote_pid
+        assert len({p.pid for p in _zygotes()} - before) == 1
+        worker.kill()
+        worker.close()
+    finally:
+        launcher.close()
+
+
+def test_a_spawn_before_start_starts_the_fork_server_and_waits_for_it() -> None:
+    before = {p.pid for p in _zygotes()}
+    launcher = WorkerLauncher(preload_modules=(), warm_workers=0, start=False)
+    try:
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(launcher.spawn()))
+        thread.start()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive() and got, "the spawn started the deferred fork server"
+        worker = got[0]
+        assert launcher.zygote_pid is not None
+        assert psutil.Process(worker.pid).ppid() == launcher.zygote_pid
+        assert len({p.pid for p in _zygotes()} - before) == 1
+        launcher.start()  # already started: nothing more
+        assert len({p.pid for p in _zygotes()} - before) == 1
         worker.kill()
         worker.close()
     finally:
