@@ -11,8 +11,10 @@
   stateless, so Tango re-subscribes by itself after a device server restart; the hub drops the
   repeated current value Tango sends on each (re)subscription by its sequence number;
 * the ``procedures`` change events keep a :class:`~.listing.ProcedureListing`, so that listing
-  procedures costs no Tango read, and the ``longRunningCommandResult`` events end the waits
-  for commands whose answer is their LRC result (``Switch``), without polling.
+  procedures costs no Tango read; the ``lastEvent`` values keep the summaries last read with
+  ``GetProcedure`` (:class:`~.listing.ProcedureCopies`), read again only when their procedure
+  changed; the ``longRunningCommandResult`` events end the waits for commands whose answer is
+  their LRC result (``Switch``), without polling.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ..vocabulary import ACCEPTED_RESULT_CODES, REFUSED_RESULT_CODES, ResultCode
 from . import errors
 from .errors import GatewayError
 from .hub import EventHub, HubEvent
-from .listing import ProcedureListing, Snapshot
+from .listing import Kept, ProcedureCopies, ProcedureListing, Snapshot
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +126,15 @@ class DeviceClient(abc.ABC):
 
     def cached_procedures(self) -> Snapshot | None:
         """The list when it is at hand without waiting (a current copy), else None."""
+        return None
+
+    async def procedure_copy(self, procedure_id: int) -> Kept:
+        """:meth:`get_procedure` with a place to keep its encoded answers (``bodies``: None
+        when they are not to be kept)."""
+        return Kept(await self.get_procedure(procedure_id), None)
+
+    def cached_procedure(self, procedure_id: int) -> Kept | None:
+        """One procedure when it is at hand without waiting (a current copy), else None."""
         return None
 
     @abc.abstractmethod
@@ -243,6 +254,8 @@ class TangoDeviceClient(DeviceClient):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listing = ProcedureListing()
         hub.add_observer(self.listing.on_events)
+        self.copies = ProcedureCopies()
+        hub.add_observer(self.copies.on_events)
         #: command id -> (ResultCode, message) of recent LRC results (loop thread)
         self._lrc_results: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self._lrc_waiters: dict[str, asyncio.Future[tuple[int, str]]] = {}
@@ -380,6 +393,7 @@ class TangoDeviceClient(DeviceClient):
         """Tango event thread: hand the JSON to the loop, nothing else."""
         if event.err:
             LOGGER.debug("lastEvent of %s: error event %s", self.device, event.errors)
+            self._to_loop(self.copies.drop_all)  # changes may be missed: read summaries again
             return
         value = getattr(event.attr_value, "value", None)
         if isinstance(value, str):
@@ -398,6 +412,7 @@ class TangoDeviceClient(DeviceClient):
             self._to_loop(self.listing.on_value, value)
         else:
             self._to_loop(self.listing.on_error)
+            self._to_loop(self.copies.drop_all)
 
     def _on_lrc_result(self, event: Any) -> None:
         """Tango event thread: ``(command_id, json [ResultCode, message])``."""
@@ -472,7 +487,8 @@ class TangoDeviceClient(DeviceClient):
         except Exception as exc:
             error = error_from_any(exc)
             if error.code in (errors.DEVICE_UNREACHABLE, errors.DEVICE_TIMEOUT):
-                self.listing.on_error()  # the copy of its list is not to be served now
+                self.listing.on_error()  # the copies are not to be served now
+                self.copies.drop_all()
             if error is exc:
                 raise
             raise error from exc
@@ -487,8 +503,9 @@ class TangoDeviceClient(DeviceClient):
         """Run a long-running command; returns its command id once the device accepted it."""
         try:
             codes, messages = await self._command(name, json.dumps(body))
-        finally:  # whatever it changed is read from the device, not the copy
+        finally:  # whatever it changed is read from the device, not the copies
             self.listing.invalidate()
+            self.copies.drop_all()
         code = int(codes[0])
         message = str(messages[0]) if len(messages) else ""
         if code not in ACCEPTED_RESULT_CODES:
@@ -545,9 +562,11 @@ class TangoDeviceClient(DeviceClient):
         self, procedure_id: int, request_id: str, value: Any, requested_by: str | None = None
     ) -> dict[str, Any]:
         body = {"procedure_id": procedure_id, "request_id": request_id, "value": value}
-        return _loads(
-            await self._command("Answer", json.dumps(_audited(body, requested_by))), "Answer"
-        )
+        try:
+            answer = await self._command("Answer", json.dumps(_audited(body, requested_by)))
+        finally:  # the audit trail notes the answer with no event of its own
+            self.copies.drop(procedure_id)
+        return _loads(answer, "Answer")
 
     async def switch(
         self,
@@ -575,6 +594,15 @@ class TangoDeviceClient(DeviceClient):
         return result
 
     async def get_procedure(self, procedure_id: int) -> dict[str, Any]:
+        return (await self.procedure_copy(procedure_id)).summary
+
+    async def procedure_copy(self, procedure_id: int) -> Kept:
+        return await self.copies.get(procedure_id, partial(self._read_procedure, procedure_id))
+
+    def cached_procedure(self, procedure_id: int) -> Kept | None:
+        return self.copies.current(procedure_id)
+
+    async def _read_procedure(self, procedure_id: int) -> dict[str, Any]:
         return _loads(await self._command("GetProcedure", str(procedure_id)), "GetProcedure")
 
     async def list_procedures(self) -> list[dict[str, Any]]:

@@ -7,13 +7,15 @@ exactly ``GET <base>/procedures`` and ``GET <base>/procedures/<digits>`` (no que
 itself when the caller is admitted as a viewer by the same :class:`~.auth.Authenticator` the
 routes use (no ``Authorization`` header on an open gateway, or a valid bearer token with a
 role) and, for the list, every device's copy is current
-(:meth:`~.client.DeviceClient.cached_procedures`). One procedure is asked of its device, as the
-route does; a device error is answered with the body the error handler gives it.
+(:meth:`~.client.DeviceClient.cached_procedures`). One procedure comes from the gateway's copy
+of it (:class:`~.listing.ProcedureCopies`: read from its device once per change of the
+procedure); a device error is answered with the body the error handler gives it.
 
 Bodies are encoded as the routes' response models encode them (the list from the same cache of
-encoded answers). Anything else (another path or method, a missing, malformed or refused token,
-a list copy that is not current, an unexpected error) goes on to FastAPI unchanged, so its
-status codes and error bodies stay the routes' own. It sits inside
+encoded answers, one procedure once per copy of it and base URL). Anything else (another path
+or method, a missing, malformed or refused token, a list copy that is not current, an
+unexpected error) goes on to FastAPI unchanged, so its status codes and error bodies stay the
+routes' own. It sits inside
 :class:`~.limits.RequestLimits`, so the request limits apply first.
 """
 
@@ -105,8 +107,10 @@ class ProcedureListFastPath:
             return None
         if procedure_id is None:
             return procedures.encoded_list(Request(scope), snapshot)
-        summary = await client.get_procedure(procedure_id)
-        return procedures.encoded_one(Request(scope), summary)
+        kept = client.cached_procedure(procedure_id)  # no task, no await when current
+        if kept is None:  # read (once per change of the procedure, see listing.py)
+            kept = await client.procedure_copy(procedure_id)
+        return procedures.encoded_one(Request(scope), kept)
 
 
 def _route_path(scope: Scope) -> str:

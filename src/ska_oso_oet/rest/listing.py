@@ -32,10 +32,13 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from ..vocabulary import FINAL_STATES
 from .hub import HubEvent
 
 #: The device writes ``seq`` then ``topic`` first: the topic is read without decoding.
@@ -161,3 +164,147 @@ def _decode(text: str) -> list[dict[str, Any]]:
     if not isinstance(decoded, list):
         raise ValueError("the device's procedures are not a JSON list")
     return decoded
+
+
+#: The topic at the start of an event's text (the device writes ``seq`` then ``topic``).
+_TOPIC_AT_START = re.compile(r'\{"seq":\d+,"topic":"([^"\\]*)"')
+#: Topics after which a procedure's summary may differ (its state, ``progress``, ``request``,
+#: stack trace, ``details`` of its checkout...); announcements, logs and output never change it.
+_CHANGING_TOPICS = ("procedure.", "script.env")
+
+
+@dataclass(frozen=True, eq=False)
+class Kept:
+    """One procedure's summary as the device gave it. ``bodies`` holds the answers encoded
+    from it (by encoding and base URL) while it is the gateway's copy; None when it was read
+    for one request only (a change arrived meanwhile): then nothing is to be kept."""
+
+    summary: dict[str, Any]
+    bodies: dict[Any, bytes] | None
+
+
+@dataclass(eq=False)
+class _Read:
+    """A ``GetProcedure`` on its way; spoiled when a change of the procedure arrives meanwhile
+    (its answer may predate the change: it is served to whoever asked before, never kept)."""
+
+    task: asyncio.Future[dict[str, Any]]
+    spoiled: bool = False
+
+
+class ProcedureCopies:
+    """The summaries of one device's procedures (``GetProcedure``) as last read, kept until
+    the device says they changed (loop thread only).
+
+    ``GET /procedures/{id}`` is polled as the list is, and a summary changes only with an event
+    of its procedure: a state change, a ``procedure.progress`` report, a question opened or
+    closed (``procedure.request.*``), a stack trace or a checkout (``script.env``). The device
+    publishes each right after the change (``lastEvent``, which the gateway's hub receives),
+    so a summary is read once per change rather than once per request:
+
+    * an event of a changing topic drops the procedure's copy (and spoils a read of it in
+      flight): the next GET reads the device; a client that saw the event on ``/stream`` asks
+      after the hub handed it to this observer, so it never gets the summary from before it;
+    * a gap in the device's event numbers (events lost), an error event, a failed call, any
+      command sent through the gateway (a command may change what no event reports at once,
+      e.g. the audit trail of a Stop) and a procedure's end (the device may drop its oldest
+      finished procedures then, which no event names) drop every copy;
+    * a copy older than ``max_age`` seconds is read again, so that a change made by another
+      client that has no event of its own (the audit trail) shows within ``max_age`` and a
+      dead device is a 503 within ``max_age`` of the last read;
+    * concurrent GETs of one procedure share one read; unknown ids (404) and errors are not
+      kept.
+
+    The summaries served are shared: never modify them.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_age: float = 2.0,
+        max_kept: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.max_age = max_age
+        self.max_kept = max_kept
+        self._clock = clock
+        #: id -> (monotonic time of the read, the copy), oldest read first
+        self._kept: OrderedDict[int, tuple[float, Kept]] = OrderedDict()
+        self._reads: dict[int, _Read] = {}
+        self._last_seq: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    # -- what arrives --------------------------------------------------------------------------
+    def on_events(self, events: Sequence[HubEvent]) -> None:
+        """The device's ``lastEvent`` values (a hub observer: before any SSE client sees them)."""
+        for event in events:
+            if self._last_seq is not None and event.seq != self._last_seq + 1:
+                self.drop_all()  # events were lost (or the device restarted): trust nothing
+            self._last_seq = event.seq
+            match = _TOPIC_AT_START.match(event.raw)
+            topic = match.group(1) if match else event.data.get("topic")  # other JSON layouts
+            if not isinstance(topic, str) or not topic.startswith(_CHANGING_TOPICS):
+                continue
+            data = event.data
+            procedure_id, new_state = data.get("procedure_id"), data.get("new_state")
+            if isinstance(new_state, str) and new_state in FINAL_STATES:
+                # the device may have dropped its oldest finished procedures from its history
+                # (GetProcedure: 404 from now on), and no event names them
+                self.drop_all()
+            elif isinstance(procedure_id, int) and not isinstance(procedure_id, bool):
+                self.drop(procedure_id)
+            else:  # a procedure event that does not say which: any may have changed
+                self.drop_all()
+
+    def drop(self, procedure_id: int) -> None:
+        """``procedure_id`` changed: read it again (a read in flight is not kept)."""
+        self._kept.pop(procedure_id, None)
+        read = self._reads.pop(procedure_id, None)
+        if read is not None:
+            read.spoiled = True
+
+    def drop_all(self) -> None:
+        """Anything may have changed (a command, an error, lost events): read every one again."""
+        self._kept.clear()
+        for read in self._reads.values():
+            read.spoiled = True
+        self._reads.clear()
+
+    # -- what is served ------------------------------------------------------------------------
+    def current(self, procedure_id: int) -> Kept | None:
+        """The copy of ``procedure_id`` when it can be served as it is, else None."""
+        found = self._kept.get(procedure_id)
+        if found is None or self._clock() - found[0] > self.max_age:
+            return None
+        return found[1]
+
+    async def get(self, procedure_id: int, read: Callable[[], Awaitable[dict[str, Any]]]) -> Kept:
+        """The copy of ``procedure_id``, or what ``read()`` (the device's ``GetProcedure``)
+        gives, shared by every caller that asks while it runs; its errors are the callers'."""
+        kept = self.current(procedure_id)
+        if kept is not None:
+            return kept
+        pending = self._reads.get(procedure_id)
+        if pending is None:
+            pending = _Read(asyncio.ensure_future(read()))
+            self._reads[procedure_id] = pending
+            pending.task.add_done_callback(partial(self._read_done, procedure_id, pending))
+        # shielded: a caller that goes away (client disconnected) does not cancel the others'
+        summary = await asyncio.shield(pending.task)
+        kept = self.current(procedure_id)  # kept by _read_done, unless spoiled meanwhile
+        return kept if kept is not None and kept.summary is summary else Kept(summary, None)
+
+    def _read_done(self, procedure_id: int, read: _Read, task: asyncio.Future[Any]) -> None:
+        if self._reads.get(procedure_id) is read:
+            del self._reads[procedure_id]
+        if read.spoiled or task.cancelled() or task.exception() is not None:
+            return
+        summary = task.result()
+        if not isinstance(summary, dict):
+            return
+        self._kept.pop(procedure_id, None)
+        self._kept[procedure_id] = (self._clock(), Kept(summary, {}))
+        while len(self._kept) > self.max_kept:
+            self._kept.popitem(last=False)

@@ -25,7 +25,7 @@ from . import errors
 from .client import DeviceClient
 from .errors import GatewayError
 from .hub import EventHub, HubEvent
-from .listing import Snapshot
+from .listing import Kept, Snapshot
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -260,6 +260,17 @@ class RoutedClient(DeviceClient):
             "procedure", procedure_id, lambda c: c.get_procedure(procedure_id)
         )
         return summary
+
+    async def procedure_copy(self, procedure_id: int) -> Kept:
+        _, kept = await self._find(
+            "procedure", procedure_id, lambda c: c.procedure_copy(procedure_id)
+        )
+        return kept
+
+    def cached_procedure(self, procedure_id: int) -> Kept | None:
+        """The current copy of the device known to hold ``procedure_id``: no task, no await."""
+        owner = self._owners.get(("procedure", procedure_id))
+        return None if owner is None else self.devices[owner].cached_procedure(procedure_id)
 
     async def list_procedures(self) -> list[dict[str, Any]]:
         return (await self.procedures_snapshot()).summaries

@@ -273,6 +273,64 @@ def test_a_list_after_a_state_change_event_shows_it(telescope):
         assert created in [p["id"] for p in http.get("/procedures").json()["procedures"]]
 
 
+REPORTS_AND_ASKS = """
+from ska_oso_oet.script import ask, progress
+
+def init(subarray_id=1):
+    pass
+
+def main(steps=3):
+    for n in range(1, steps + 1):
+        progress(n, steps, f"step {n}")
+    answer = ask("Go on?", choices=["yes", "no"])
+    progress(steps, steps, f"answered {answer}")
+"""
+
+
+def test_one_procedure_after_each_of_its_events_shows_it(telescope):
+    """GET /procedures/{id} answers from the gateway's copy of the summary: right after each
+    event of a procedure that reports progress and asks a question (started and answered
+    through Tango, not the gateway), a client that saw the event on /stream gets a summary
+    that shows it (or something later)."""
+    (telescope.scripts / "reports_and_asks.py").write_text(REPORTS_AND_ASKS)
+    device = telescope.proxy(3)
+    with telescope.http() as http, EventStream(telescope.url) as events:
+        pid = ready_procedure(http, telescope, events, "reports_and_asks.py", 3)
+        for _ in range(3):  # the copy is kept: what follows must drop it
+            one = http.get(f"/procedures/{pid}").json()["procedure"]
+            assert one["state"] == "READY" and one["progress"] is None
+        seen = len(events.of(pid))
+        device.command_inout("Start", json.dumps({"procedure_id": pid}))
+        checked: set[str] = set()
+        while "COMPLETE" not in checked:
+            events.wait_for(lambda _, n=seen: len(events.of(pid)) > n)
+            event = events.of(pid)[seen]
+            seen += 1
+            one = http.get(f"/procedures/{pid}")
+            assert one.status_code == 200, one.text
+            summary = one.json()["procedure"]
+            states = [state for state, _ in summary["history"]["process_states"]]
+            topic = event["topic"]
+            if topic == "procedure.progress":
+                assert summary["progress"]["ts"] >= event["ts"], (event, summary["progress"])
+                checked.add(event["message"])
+            elif topic == "procedure.request.opened":
+                assert summary["request"]["id"] == event["request"]["id"]
+                checked.add("asked")
+                answer = {"procedure_id": pid, "request_id": event["request"]["id"]}
+                device.command_inout("Answer", json.dumps({**answer, "value": "yes"}))
+            elif topic == "procedure.request.closed":
+                assert summary["request"] is None
+                closed = summary["history"]["requests"][-1]
+                assert (closed["id"], closed["value"]) == (event["request"]["id"], "yes")
+                checked.add("answered")
+            elif topic == "procedure.lifecycle.statechange":
+                assert event["new_state"] in states
+                checked.add(event["new_state"])
+        assert {"step 1", "step 3", "asked", "answered", "answered yes", "RUNNING"} <= checked
+        assert http.get(f"/procedures/{pid}").json()["procedure"]["state"] == "COMPLETE"
+
+
 def test_too_switch_through_tango_waits_the_grace_unless_forced(telescope):
     with telescope.http() as http, EventStream(telescope.url) as events:
         device = telescope.proxy(3)

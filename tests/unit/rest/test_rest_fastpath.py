@@ -12,8 +12,11 @@ from fastapi.testclient import TestClient
 
 from ska_oso_oet.rest.app import create_app
 from ska_oso_oet.rest.auth import hash_token
+from ska_oso_oet.rest.client import TangoDeviceClient
+from ska_oso_oet.rest.hub import EventHub
 from ska_oso_oet.rest.settings import RestSettings
 from tests.unit.rest.gateway_fakes import FakeDevice
+from tests.unit.rest.test_rest_client import FakeProxy, dev_failed
 
 BASE = "/api/v1.0"
 CREATE = {"script": {"script_uri": "file:///scripts/hello.py"}}
@@ -139,3 +142,62 @@ def test_one_procedure_needs_a_viewer(tokens_file: Path):
         viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
         one = http.get(f"{BASE}/procedures/{pid['id']}", headers=viewer)
         assert one.status_code == 200 and one.json()["procedure"]["uri"] == pid["uri"]
+
+
+def test_one_procedure_is_answered_from_the_kept_copy_until_its_procedure_changes():
+    """A real TangoDeviceClient (stand-in proxy): GETs of one procedure read it once per
+    change, and every answer is the route's, byte for byte (v1.0 and v7)."""
+    summary = {
+        "id": 1, "script": {"script_type": "filesystem", "script_uri": "file:///s/a.py"},
+        "script_args": {}, "history": {"process_states": [["CREATING", 1.5], ["RUNNING", 2.5]],
+                                       "stacktrace": None, "requests": []},
+        "state": "RUNNING", "progress": None, "request": None, "command_id": "c1", "audit": [],
+    }  # fmt: skip
+    proxy = FakeProxy({"GetProcedure": lambda _: json.dumps(summary)})
+    client = TangoDeviceClient("oso/oet/1", EventHub())
+    client._proxy = proxy  # connected: no Tango
+    v7 = "/ska-oso-oet/oet/api/v7"
+    seq = iter(range(100, 200))
+
+    def reads() -> int:
+        return sum(1 for name, *_ in proxy.calls if name == "GetProcedure")
+
+    def publish(topic: str, **payload) -> None:
+        raw = json.dumps({"seq": next(seq), "topic": topic, "procedure_id": 1, **payload})
+        http.portal.call(client.hub.publish_raw, raw)  # on the app's loop, as Tango's events
+
+    with TestClient(create_app(RestSettings(), client=client)) as http:
+        for change in (
+            None,
+            ("procedure.progress", "progress", {"done": 1, "total": 4, "message": "a", "ts": 3.0}),
+            ("procedure.request.opened", "request", {"id": "r1", "prompt": "go?", "choices": None}),
+            ("procedure.request.closed", "request", None),
+            ("procedure.lifecycle.statechange", "state", "PAUSED"),
+        ):
+            if change is not None:
+                topic, field, value = change
+                summary[field] = value
+                publish(topic, **({"new_state": value} if field == "state" else {}))
+            before = reads()
+            fast = [http.get(f"{BASE}/procedures/1") for _ in range(3)]
+            assert reads() == before + 1  # read once for the change, then the copy
+            routed = http.get(f"{BASE}/procedures/1?via=route")
+            assert all(a.content == routed.content for a in fast)
+            assert fast[0].headers["content-type"] == routed.headers["content-type"]
+            assert (
+                json.loads(fast[0].content)["procedure"][field if change else "state"]
+                == (summary[field if change else "state"])
+            )
+            old_style = http.get(f"{v7}/procedures/1").json()  # v7's route, from the copy too
+            assert old_style["uri"].endswith("/v7/procedures/1")
+            assert old_style["state"] == summary["state"]
+            if change is not None and field in old_style:
+                assert old_style[field] == summary[field]
+        publish("script.log", message="no change")  # not a change: still the copy
+        before = reads()
+        assert http.get(f"{BASE}/procedures/1").content == routed.content
+        assert reads() == before
+        proxy.replies["GetProcedure"] = dev_failed("OET_NOT_FOUND", desc="No information for 9")
+        missing = http.get(f"{BASE}/procedures/9")
+        assert missing.status_code == 404
+        assert missing.content == http.get(f"{BASE}/procedures/9?via=route").content

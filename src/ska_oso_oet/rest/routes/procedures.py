@@ -21,7 +21,7 @@ from .. import errors
 from ..auth import Operator, Viewer
 from ..deps import ClientDep, SettingsDep
 from ..errors import GatewayError
-from ..listing import Snapshot
+from ..listing import Kept, Snapshot
 from ..schemas import (
     AnswerRequest,
     CreateProcedureRequest,
@@ -43,6 +43,8 @@ LIST_ANSWER = TypeAdapter(ProcedureListResponse)
 ONE_ANSWER = TypeAdapter(ProcedureResponse)
 #: Encoded answers kept per app (the newest few: one list per base URL and version).
 _ANSWERS_KEPT = 16
+#: Encoded answers kept per copy of one procedure (one per base URL).
+_BODIES_KEPT = 8
 
 
 def public_summary(request: Request, summary: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +115,22 @@ async def procedure_list_answer(
     return Response(_list_body(request, snapshot, adapter, frame), media_type="application/json")
 
 
-def encoded_one(request: Request, summary: dict[str, Any]) -> bytes:
-    """The body of v1.0's ``GET /procedures/{id}`` for ``summary`` (the fast path's)."""
+def encoded_one(request: Request, kept: Kept) -> bytes:
+    """The body of v1.0's ``GET /procedures/{id}`` for ``kept`` (the fast path's), encoded
+    once per copy of the summary and base URL while the gateway keeps that copy."""
+    bodies = kept.bodies
+    if bodies is None:
+        return _encode_one(request, kept.summary)
+    base = _procedure_base(request)
+    body = bodies.get(base)
+    if body is None:
+        if len(bodies) >= _BODIES_KEPT:  # many Host headers for one procedure: start afresh
+            bodies.clear()
+        body = bodies[base] = _encode_one(request, kept.summary)
+    return body
+
+
+def _encode_one(request: Request, summary: dict[str, Any]) -> bytes:
     return ONE_ANSWER.dump_json(
         ONE_ANSWER.validate_python({"procedure": public_summary(request, summary)})
     )
