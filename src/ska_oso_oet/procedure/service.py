@@ -172,6 +172,11 @@ class ScriptExecutionService:
         with self._lock:
             return [run.procedure.summary() for run in self._runs.values()]
 
+    def procedure_ids(self) -> list[int]:
+        """Ids of the procedures in the history window (no summaries built: cheap)."""
+        with self._lock:
+            return list(self._runs)
+
     def running_id(self) -> int | None:
         with self._lock:
             running = self._running()

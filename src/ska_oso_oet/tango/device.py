@@ -460,9 +460,13 @@ class OETDevice(SkaCommands, ActivityCommands, JsonRequests, SkaDevice):
             return None
 
     def _refresh_procedures(self) -> None:
-        summaries = self._service.summaries() if self._service else []
+        service = self._service
         running_before = self._running_state()
-        for name, value in self._view.update(summaries):
+        if service is not None and self._view.seeded:
+            changes = self._view.update_listed(service.procedure_ids())
+        else:
+            changes = self._view.update(service.summaries() if service is not None else [])
+        for name, value in changes:
             self.push(name, value)
             if name == "procedureStates":
                 self.push("procedureLeds", self._leds())
@@ -601,12 +605,17 @@ class OETDevice(SkaCommands, ActivityCommands, JsonRequests, SkaDevice):
             )
 
     def _begin(self, command_id: str, kind: str, procedure_id: int, extra: list[int]) -> list[Any]:
-        self.submit(self.lrc_started, command_id)
-        self.submit(self._view.track, command_id, kind, procedure_id, extra, self._lookup)
-        if kind == "Start":
-            self.submit(self._apply_untracked_progress, command_id, procedure_id)
-        self.submit(self._complete_ready)
+        self.submit(self._track, command_id, kind, procedure_id, extra)
         return [[int(ResultCode.STARTED)], [command_id]]
+
+    def _track(self, command_id: str, kind: str, procedure_id: int, extra: list[int]) -> None:
+        """A long-running command begins (event thread): IN_PROGRESS, followed until done.
+        One task, not four: each hop between tasks can cost the next event a thread switch."""
+        self.lrc_started(command_id)
+        self._view.track(command_id, kind, procedure_id, extra, self._lookup)
+        if kind == "Start":
+            self._apply_untracked_progress(command_id, procedure_id)
+        self._complete_ready()
 
     def _complete_ready(self) -> None:
         for command_id, status, code, message in self._view.completions(self._lookup):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ STATUS_QUEUE_SIZE = 64
 MAX_EXECUTING = 32
 REMOVAL_TIME = 10.0
 PROTOCOL_VERSIONS = (1, 2)
+#: ``expires_at`` of a finished command no longer shown by the v1 spectra
+_HIDDEN = float("inf")
 
 #: Attribute name -> max_dim_x of the spectrum attributes this module feeds.
 SPECTRUM_SIZES = {
@@ -107,7 +110,13 @@ class LrcTracker:
         self._removal_time = removal_time
         self._clock = clock
         self._commands: dict[str, _Command] = {}
+        #: The commands not finished yet (in submission order): the device keeps up to
+        #: LRC_FINISHED_MAX_LENGTH finished ones, and every update of a new command used to
+        #: walk them all several times (milliseconds of the event thread per command).
+        self._active: dict[str, _Command] = {}
         self._finished_order: list[str] = []
+        #: (expires_at, id) of finished commands, in the order they expire
+        self._expiries: deque[tuple[float, str]] = deque()
         self.last_result: tuple[str, str] = ("", "")
         #: v2 list values last pushed: an unchanged list is not pushed again
         self._pushed_v2: dict[str, list[str]] = {}
@@ -117,15 +126,17 @@ class LrcTracker:
         """Record a new command in STAGING."""
         command = _Command(name=name, status=TaskStatus.STAGING, submitted_time=_now_iso())
         self._commands[command_id] = command
+        self._active[command_id] = command
         event = {
             "name": name,
             "status": int(TaskStatus.STAGING),
             "submitted_time": command.submitted_time,
         }
+        listed = self._listed()
         self._publish(
             [
-                *self._v1_queue_updates(),
-                ("longRunningCommandStatus", self.statuses),
+                *self._v1_queue_updates(listed),
+                ("longRunningCommandStatus", _statuses(listed)),
                 ("_lrcEvent", [command_id, json.dumps(event)]),
             ]
         )
@@ -151,7 +162,9 @@ class LrcTracker:
                 command.finished_time = event["finished_time"] = _now_iso()
                 command.progress = None
                 command.expires_at = self._clock() + self._removal_time
+                self._expiries.append((command.expires_at, command_id))
                 self._finished_order.append(command_id)
+                self._active.pop(command_id, None)
             command.status = status
         if result is not None:
             command.result = (int(result[0]), str(result[1]))
@@ -162,7 +175,7 @@ class LrcTracker:
             command.progress = event["progress"] = int(progress)
             updates.append(("longRunningCommandProgress", self.progresses))
         if status is not None:
-            updates.append(("longRunningCommandStatus", self.statuses))
+            updates.append(("longRunningCommandStatus", _statuses(self._listed())))
             updates.append(("longRunningCommandInProgress", self.in_progress))
             if status.is_final:
                 self._prune()
@@ -182,36 +195,39 @@ class LrcTracker:
     def expire(self) -> None:
         """Drop finished commands older than the removal time from the v1 spectra."""
         now = self._clock()
-        expired = [
-            cid
-            for cid, c in self._commands.items()
-            if c.expires_at is not None and c.expires_at <= now and c.status.is_final
-        ]
+        expired = False
+        # Finished commands expire in the order they finished (one removal time each), so
+        # only the due ones are looked at: this runs every time the event thread goes idle.
+        while self._expiries and self._expiries[0][0] <= now:
+            at, cid = self._expiries.popleft()
+            command = self._commands.get(cid)
+            if command is not None and command.expires_at == at:  # not hidden or forgotten
+                command.expires_at = _HIDDEN  # hidden from v1, kept for lrcFinished
+                expired = True
         if not expired:
             return
-        for cid in expired:
-            self._commands[cid].expires_at = float("inf")  # hidden from v1, kept for lrcFinished
-        self._publish([*self._v1_queue_updates(), ("longRunningCommandStatus", self.statuses)])
+        listed = self._listed()
+        self._publish(
+            [*self._v1_queue_updates(listed), ("longRunningCommandStatus", _statuses(listed))]
+        )
 
     @property
     def next_expiry(self) -> float | None:
         times = [
-            c.expires_at
-            for c in self._commands.values()
-            if c.expires_at not in (None, float("inf"))
+            c.expires_at for c in self._commands.values() if c.expires_at not in (None, _HIDDEN)
         ]
         return min(times) if times else None
 
     # ----- attribute values -----------------------------------------------------------------
     def _listed(self) -> list[tuple[str, _Command]]:
         """Commands shown by the v1 spectra: finished first (oldest first), then the others."""
+        commands = self._commands
         finished = [
-            (cid, self._commands[cid])
+            (cid, commands[cid])
             for cid in self._finished_order
-            if self._commands[cid].expires_at != float("inf")
+            if commands[cid].expires_at != _HIDDEN
         ]
-        active = [(cid, c) for cid, c in self._commands.items() if not c.status.is_final]
-        return (finished + active)[-STATUS_QUEUE_SIZE:]
+        return (finished + list(self._active.items()))[-STATUS_QUEUE_SIZE:]
 
     @property
     def ids_in_queue(self) -> list[str]:
@@ -223,7 +239,7 @@ class LrcTracker:
 
     @property
     def statuses(self) -> list[str]:
-        return [item for cid, c in self._listed() for item in (cid, c.status.name)]
+        return _statuses(self._listed())
 
     @property
     def progresses(self) -> list[str]:
@@ -240,13 +256,13 @@ class LrcTracker:
         return [c.name for _, c in self._executing()[:MAX_EXECUTING]]
 
     def _executing(self) -> list[tuple[str, _Command]]:
-        return [(cid, c) for cid, c in self._commands.items() if c.status == TaskStatus.IN_PROGRESS]
+        return [(cid, c) for cid, c in self._active.items() if c.status == TaskStatus.IN_PROGRESS]
 
     @property
     def lrc_queue(self) -> list[str]:
         return [
             c.info(cid, _QUEUE_KEYS)
-            for cid, c in self._commands.items()
+            for cid, c in self._active.items()
             if c.status in (TaskStatus.STAGING, TaskStatus.QUEUED)
         ][:STATUS_QUEUE_SIZE]
 
@@ -261,10 +277,11 @@ class LrcTracker:
             for cid in self._finished_order[-LRC_FINISHED_MAX_LENGTH:]
         ]
 
-    def _v1_queue_updates(self) -> list[Update]:
+    def _v1_queue_updates(self, listed: list[tuple[str, _Command]] | None = None) -> list[Update]:
+        listed = self._listed() if listed is None else listed
         return [
-            ("longRunningCommandsInQueue", self.names_in_queue),
-            ("longRunningCommandIDsInQueue", self.ids_in_queue),
+            ("longRunningCommandsInQueue", [c.name for _, c in listed]),
+            ("longRunningCommandIDsInQueue", [cid for cid, _ in listed]),
         ]
 
     def _v2_updates(self, finished_changed: bool) -> list[Update]:
@@ -284,12 +301,15 @@ class LrcTracker:
     def _prune(self) -> None:
         """Keep the v1 spectra and ``lrcFinished`` within their sizes: forget the oldest
         finished commands first (active ones are never dropped)."""
-        shown = [
-            cid for cid in self._finished_order if self._commands[cid].expires_at != float("inf")
-        ]
-        active = sum(1 for c in self._commands.values() if not c.status.is_final)
+        shown = [cid for cid in self._finished_order if self._commands[cid].expires_at != _HIDDEN]
+        active = len(self._active)
         for cid in shown[: max(0, len(shown) + active - STATUS_QUEUE_SIZE)]:
-            self._commands[cid].expires_at = float("inf")
+            self._commands[cid].expires_at = _HIDDEN
         while len(self._finished_order) > LRC_FINISHED_MAX_LENGTH:
             forgotten = self._finished_order.pop(0)
             self._commands.pop(forgotten, None)
+
+
+def _statuses(listed: list[tuple[str, _Command]]) -> list[str]:
+    """``longRunningCommandStatus``: id, status name pairs of the listed commands."""
+    return [item for cid, c in listed for item in (cid, c.status.name)]

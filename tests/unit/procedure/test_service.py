@@ -208,6 +208,7 @@ class TestRules:
             finished.append(pid)
         ids = [s["id"] for s in service.summaries()]
         assert ids == [active, *finished[-3:]]
+        assert service.procedure_ids() == ids  # the cheap form the device polls
         with pytest.raises(ProcedureNotFound):
             service.get(finished[0])
 

@@ -235,6 +235,43 @@ class TestProcedures:
         seqs = [e["seq"] for e in events]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "an event was lost or repeated"
 
+    def test_each_state_change_is_followed_by_the_list_that_shows_it(
+        self, device: tango.DeviceProxy, script_dir: Path
+    ) -> None:
+        """The gateway's copy of the list relies on this order (rest/listing.py): on the one
+        event channel, every statechange on lastEvent is followed by a procedures value
+        showing it before any later event, script messages of a burst included."""
+        with EventTracer(device, ["lastEvent", "procedures"]) as tracer:
+            first = len(tracer.events)
+            prepared = LrcClient(device).invoke("Prepare", body(script_dir, "many.py"))
+            pid = decode(prepared.result[1])["id"]
+            LrcClient(device).invoke(
+                "Start",
+                json.dumps(
+                    {"procedure_id": pid, "script_args": {"main": {"kwargs": {"count": 20}}}}
+                ),
+            )
+            tracer.wait_for(
+                lambda v: json.loads(v)["topic"] == "procedure.lifecycle.complete",
+                "lastEvent",
+                start=first,
+            )
+            trace = tracer.events[first:]
+        changes = 0
+        for index, (name, value) in enumerate(trace):
+            event = json.loads(value) if name == "lastevent" else {}
+            if (
+                event.get("topic") != "procedure.lifecycle.statechange"
+                or event["procedure_id"] != pid
+            ):
+                continue
+            changes += 1
+            following, listed = trace[index + 1]
+            assert following == "procedures", (event["new_state"], trace[index + 1])
+            [shown] = [p for p in decode(listed) if p["id"] == pid]
+            assert shown["state"] == event["new_state"]
+        assert changes >= 6  # CREATING ... READY, RUNNING, COMPLETE
+
 
 class TestRefusals:
     @pytest.mark.parametrize(

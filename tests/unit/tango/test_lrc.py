@@ -137,6 +137,35 @@ class TestLrcTracker:
         assert tracker.status_of(cid) is TaskStatus.COMPLETED  # still known for the client
         assert json.loads(tracker.lrc_finished[-1])["uid"] == cid
 
+    def test_commands_expire_in_the_order_they_finished_each_once(
+        self, tracker: LrcTracker, recorder: Recorder, clock: FakeClock
+    ) -> None:
+        first = run_to_completion(tracker)
+        clock.now += 5.0
+        running = generate_command_id("Start")
+        tracker.new_command(running, "Start")
+        tracker.update(running, status=TaskStatus.IN_PROGRESS)
+        second = run_to_completion(tracker)
+        count = len(recorder.batches)
+        tracker.expire()  # nothing due: nothing published
+        assert len(recorder.batches) == count
+        clock.now += 5.0  # the first is due, the second (finished 5 s later) is not
+        tracker.expire()
+        assert tracker.ids_in_queue == [second, running]
+        assert recorder.last("longRunningCommandStatus") == [
+            second, "COMPLETED", running, "IN_PROGRESS",
+        ]  # fmt: skip
+        count = len(recorder.batches)
+        tracker.expire()  # the first is hidden already: not again
+        assert len(recorder.batches) == count
+        clock.now += 5.0
+        tracker.update(running, status=TaskStatus.COMPLETED, result=(ResultCode.OK, "done"))
+        tracker.expire()
+        assert tracker.ids_in_queue == [running]
+        assert [json.loads(info)["uid"] for info in tracker.lrc_finished] == [
+            first, second, running,
+        ]  # fmt: skip
+
     def test_updates_after_the_end_are_ignored(
         self, tracker: LrcTracker, recorder: Recorder
     ) -> None:

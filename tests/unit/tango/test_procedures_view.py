@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ska_oso_oet.events import Event
+from ska_oso_oet.events import Event, dumps
 from ska_oso_oet.tango.procedures import ProcedureView, as_of
 from ska_oso_oet.tango.ska import ResultCode, TaskStatus
 
@@ -90,6 +90,35 @@ def test_procedures_dropped_by_the_history_window_disappear() -> None:
     view.update([summary(1, PATH), summary(2, PATH)])  # recovered history
     assert view.ids == [1, 2]
     assert dict(view.update([summary(2, PATH)]))["procedureIds"] == [2]
+
+
+def test_the_list_is_encoded_as_a_whole_and_only_changed_summaries_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine, view = Engine(), ProcedureView()
+    view.update([summary(1, PATH), summary(2, PATH[:2])])
+    assert view.procedures_json == dumps(
+        [summary(1, PATH), summary(2, PATH[:2])]
+    )  # byte for byte what encoding the list at once gives
+    encoded: list[int] = []
+
+    def counting(data: object) -> str:
+        encoded.append(data["id"])  # type: ignore[index]
+        return dumps(data)
+
+    monkeypatch.setattr("ska_oso_oet.tango.procedures.dumps", counting)
+    change = engine.event(
+        "procedure.lifecycle.statechange", 2, new_state="LOADING", summary=summary(2, PATH[:3])
+    )
+    view.observe(change, engine.lookup)
+    changed = dict(view.update_listed([1, 2]))
+    assert encoded == [2]  # procedure 1 did not change: its encoding is reused
+    assert changed["procedureStates"] == ["COMPLETE", "LOADING"]
+    assert view.procedures_json == dumps([summary(1, PATH), summary(2, PATH[:3])])
+    encoded.clear()
+    assert view.update_listed([2]) != [] and encoded == []  # 1 left the history window
+    assert json.loads(view.procedures_json) == [summary(2, PATH[:3])]
+    assert view.update_listed([2]) == [] and encoded == []  # nothing new: nothing encoded
 
 
 def completions_after(view: ProcedureView, engine: Engine, events: list[Event]) -> list:
