@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from .harness import HERE, NEW_STATE, OetClient, script_uri
-from .sse import SseReader, count_announces
+from .sse import SseReader, count_announces, until_the_stream_follows
 from .stats import combine, latency, rate
 from .tango_figures import Baseline, Plan
 
@@ -71,6 +71,11 @@ def _burst(base: Baseline, command: str, count: int) -> float:
 
 def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict[str, Any]:
     tango_runs, sse_runs, scripts = [], [], []
+    reader = SseReader(rest_url).start()
+    try:
+        until_the_stream_follows(dev, reader)
+    finally:
+        reader.close()
     for _ in range(plan.announce_runs):
         tango_report, sse_report, script_time = _announce_run(dev, rest_url, plan.announce)
         tango_runs.append(tango_report)

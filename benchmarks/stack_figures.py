@@ -30,7 +30,7 @@ import tango
 
 from .engine import cold_interpreter
 from .harness import HERE, SCRIPTS, OetClient, script_uri
-from .sse import ANNOUNCE, SseReader
+from .sse import ANNOUNCE, SseReader, until_the_stream_follows
 from .stats import combine, latency, ms, rate
 from .tango_figures import Baseline, Plan
 
@@ -436,25 +436,6 @@ def gateway_overhead(stack: SpawnedStack, plan: Plan) -> dict[str, Any]:
     )
 
 
-def _until_the_stream_follows(dev: OetClient, reader: SseReader, timeout: float = 120.0) -> None:
-    """Run the announcing script until its first message reaches the SSE client: when A1 is the
-    first figure of a run (``--only A1``) the gateway may not follow the device yet, and what
-    the device publishes meanwhile never reaches the stream."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, _ = dev.prepare_ready(script_uri("announce.py"))
-        start, sse_start = dev.events.mark(), reader.log.mark()
-        dev.start(pid, count=10)
-        try:
-            reader.log.wait_for(lambda d: d.get("topic") == ANNOUNCE, sse_start, 5.0, ANNOUNCE)
-            return
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                raise
-        finally:
-            dev.wait_state(pid, {"COMPLETE"}, start)
-
-
 def first_announce(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict[str, Any]:
     """A1: a script announces a short burst (10 messages); the first one's delay from the
     script sending it (its ``timestamp``, same machine clock) to its arrival at a Tango
@@ -463,7 +444,7 @@ def first_announce(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) ->
     reader = SseReader(rest_url).start()
     to_tango, to_sse = [], []
     try:
-        _until_the_stream_follows(dev, reader)
+        until_the_stream_follows(dev, reader)
         for _ in range(plan.n):
             time.sleep(plan.pace)  # let the warm pool refill, as between real commands
             pid, _ = dev.prepare_ready(script_uri("announce.py"))
