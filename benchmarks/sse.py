@@ -79,13 +79,9 @@ class SseReader:
 
 
 def until_the_stream_follows(dev: OetClient, reader: SseReader, timeout: float = 120.0) -> None:
-    """Run the announcing script on ``dev`` until its first message reaches ``reader``.
-
-    Right after a stack starts, the gateway's ``/stream`` intermittently misses every event of
-    the first script run on a device (seen about once in eight fresh stacks, old and new code
-    alike; a Tango subscriber gets them all): the figures that time the stream's delivery
-    (A1, P6) begin once it follows the device, so that they measure delivery, not that defect.
-    """
+    """Run the announcing script on ``dev`` until its first message reaches ``reader``: the
+    figures that time the stream's delivery (A1, P6) start once the gateway follows the device
+    (docs/benchmarks.md: right after a stack started it once missed a device's first run)."""
     deadline = time.monotonic() + timeout
     while True:
         pid, _ = dev.prepare_ready(script_uri("announce.py"))

@@ -251,6 +251,8 @@ class TangoDeviceClient(DeviceClient):
         self._connect_error = "not connected yet"
         self._subarray_id: int | None = None
         self._event_ids: list[int] = []
+        #: why the lastEvent subscription of the connect under way failed (Tango thread)
+        self._subscription_error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listing = ProcedureListing()
         hub.add_observer(self.listing.on_events)
@@ -333,10 +335,19 @@ class TangoDeviceClient(DeviceClient):
         with contextlib.suppress(Exception):  # an older device without it: named by its name
             self._subarray_id = int(proxy.read_attribute("subarrayId").value) or None
         # Stateless: Tango re-subscribes by itself after a device server restart.
+        self._subscription_error = None
         self._event_id = proxy.subscribe_event(
             "lastEvent", tango.EventType.CHANGE_EVENT, self._on_event, stateless=True
         )
         self._event_ids = [self._event_id]
+        if self._subscription_error is not None:
+            # A stateless subscription that failed (the server's admin device not exported
+            # yet, say) is only retried by Tango's keep-alive thread, ~10 s later: every event
+            # until then would be lost, though the device answers. Try again in a moment.
+            with contextlib.suppress(Exception):
+                proxy.unsubscribe_event(self._event_id)
+            self._event_ids = []
+            raise RuntimeError(f"lastEvent subscription failed: {self._subscription_error}")
         for attribute, callback in (
             ("procedures", self._on_procedures),
             ("longRunningCommandResult", self._on_lrc_result),
@@ -393,6 +404,11 @@ class TangoDeviceClient(DeviceClient):
         """Tango event thread: hand the JSON to the loop, nothing else."""
         if event.err:
             LOGGER.debug("lastEvent of %s: error event %s", self.device, event.errors)
+            if self._proxy is None:  # during the connect: its subscription failed
+                reasons = event.errors or ()
+                self._subscription_error = (
+                    str(getattr(reasons[0], "desc", reasons[0])) if reasons else "an error event"
+                )
             self._to_loop(self.copies.drop_all)  # changes may be missed: read summaries again
             return
         value = getattr(event.attr_value, "value", None)

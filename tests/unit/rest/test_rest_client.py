@@ -162,6 +162,59 @@ def test_change_events_reach_the_hub_and_error_events_do_not():
     assert asyncio.run(scenario()).seq == 5
 
 
+class SubscribingProxy:
+    """A DeviceProxy stand-in whose ``lastEvent`` subscription fails as a stateless Tango
+    subscription does while the server's admin device is not exported yet: no exception, an
+    error event to the callback, and Tango would retry only ~10 s later."""
+
+    def __init__(self, lastevent_fails: bool):
+        self.lastevent_fails = lastevent_fails
+        self.callbacks: dict[int, tuple[str, object]] = {}
+        self.unsubscribed: list[int] = []
+
+    def set_timeout_millis(self, _ms):
+        pass
+
+    def ping(self):
+        return 1
+
+    def read_attribute(self, _name):
+        return SimpleNamespace(value=1)
+
+    def subscribe_event(self, attribute, _kind, callback, stateless=False):
+        event_id = len(self.callbacks) + 1
+        self.callbacks[event_id] = (attribute, callback)
+        if attribute == "lastEvent" and self.lastevent_fails:
+            error = SimpleNamespace(desc="Device dserver/oetdeviceserver/oet is not exported")
+            callback(SimpleNamespace(err=True, errors=[error], attr_value=None))
+        return event_id
+
+    def unsubscribe_event(self, event_id):
+        self.unsubscribed.append(event_id)
+
+    def command_inout(self, name, token):
+        assert name == "ProbeEvents"
+        for attribute, callback in self.callbacks.values():
+            if attribute == "eventProbe":
+                callback(SimpleNamespace(err=False, attr_value=SimpleNamespace(value=token)))
+
+
+def test_a_failed_stateless_lastevent_subscription_is_retried_at_once(monkeypatch):
+    proxies = [SubscribingProxy(lastevent_fails=True), SubscribingProxy(lastevent_fails=False)]
+    made = iter(proxies)
+    monkeypatch.setattr(tango, "DeviceProxy", lambda _name: next(made))
+    client = TangoDeviceClient("oso/oet/1", EventHub())
+    try:
+        with pytest.raises(RuntimeError, match=r"lastEvent subscription failed: .*not exported"):
+            client._connect()
+        assert not client.connected  # requests answer 503 meanwhile; the loop tries again
+        assert proxies[0].unsubscribed == [1]  # no late second subscription by Tango
+        client._connect()
+        assert client._proxy is proxies[1]
+    finally:
+        asyncio.run(client.close())
+
+
 def test_run_activity_finds_the_activity_by_its_command_id():
     activity = {"id": 2, "state": "REQUESTED", "procedure_id": 5}
     proxy = FakeProxy(
