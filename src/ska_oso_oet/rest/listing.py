@@ -42,9 +42,16 @@ from ..vocabulary import FINAL_STATES
 from .hub import HubEvent
 
 #: The device writes ``seq`` then ``topic`` first: the topic is read without decoding.
-_LIFECYCLE_AT_START = re.compile(r'\{"seq":\d+,"topic":"procedure\.lifecycle\.(\w+)"')
+_TOPIC_AT_START = re.compile(r'\{"seq":\d+,"topic":"([^"\\]*)"')
+_LIFECYCLE = "procedure.lifecycle."
 #: Topics after which the device's next ``procedures`` value shows the change.
-_PENDING_TOPICS = frozenset({"statechange", "created"})
+_PENDING_TOPICS = frozenset({f"{_LIFECYCLE}statechange", f"{_LIFECYCLE}created"})
+
+
+def _topic(event: HubEvent) -> Any:
+    """The event's topic, read from the start of its text (decoded only in another layout)."""
+    match = _TOPIC_AT_START.match(event.raw)
+    return match.group(1) if match else event.data.get("topic")
 
 
 @dataclass(frozen=True)
@@ -101,10 +108,10 @@ class ProcedureListing:
     def on_events(self, events: Sequence[HubEvent]) -> None:
         """The device's ``lastEvent`` values (a hub observer)."""
         for event in events:
-            match = _LIFECYCLE_AT_START.match(event.raw)
-            if match is None:
+            topic = _topic(event)
+            if not isinstance(topic, str) or not topic.startswith(_LIFECYCLE):
                 continue
-            if match.group(1) in _PENDING_TOPICS:
+            if topic in _PENDING_TOPICS:
                 self.pending = True
             else:
                 self._stale = True
@@ -166,8 +173,6 @@ def _decode(text: str) -> list[dict[str, Any]]:
     return decoded
 
 
-#: The topic at the start of an event's text (the device writes ``seq`` then ``topic``).
-_TOPIC_AT_START = re.compile(r'\{"seq":\d+,"topic":"([^"\\]*)"')
 #: Topics after which a procedure's summary may differ (its state, ``progress``, ``request``,
 #: stack trace, ``details`` of its checkout...); announcements, logs and output never change it.
 _CHANGING_TOPICS = ("procedure.", "script.env")
@@ -243,8 +248,7 @@ class ProcedureCopies:
             if self._last_seq is not None and event.seq != self._last_seq + 1:
                 self.drop_all()  # events were lost (or the device restarted): trust nothing
             self._last_seq = event.seq
-            match = _TOPIC_AT_START.match(event.raw)
-            topic = match.group(1) if match else event.data.get("topic")  # other JSON layouts
+            topic = _topic(event)
             if not isinstance(topic, str) or not topic.startswith(_CHANGING_TOPICS):
                 continue
             data = event.data
