@@ -96,7 +96,9 @@ def p6_events(dev: OetClient, base: Baseline, rest_url: str, plan: Plan) -> dict
             [r[key] for r in runs],
             baseline=burst_floor if short else floor,
             target_rate=10_000,
-            target=target + (", from the script's first send to the last arrival" * short),
+            target=f"{target}, from the script's first send to the last arrival"
+            if short
+            else target,
             met=clean,
             lost=sum(r["lost"] for r in runs),
             in_order=all(r["in_order"] for r in runs),
