@@ -231,6 +231,8 @@ class WorkerLauncher:
         self._warm_target = warm_workers
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        #: Held while a fork server starts: close() takes it so that none starts unseen.
+        self._starting_zygote = threading.Lock()
         self._ids = itertools.count(1)
         self._forked: dict[int, int] = {}
         self._exit_codes: dict[int, int] = {}
@@ -278,11 +280,11 @@ class WorkerLauncher:
 
     def _first_start(self) -> None:
         self._start_requested.wait()
-        if self._closed:
-            return
         try:
             self._start_zygote()
         except (OSError, EngineUnavailable, ValueError) as exc:
+            if self._closed:
+                return
             with self._lock:
                 self._zygote_error = f"the worker fork server did not start: {exc}"
                 self._starting = False
@@ -293,10 +295,6 @@ class WorkerLauncher:
         with self._lock:
             self._starting = False
             self._changed.notify_all()
-            closed, control = self._closed, self._control
-        if closed and control is not None:  # closed while it started: it ends on EOF
-            with contextlib.suppress(OSError):
-                control.shutdown(socket.SHUT_RDWR)
         self._refill_needed.set()
 
     # -- health ------------------------------------------------------------------------------
@@ -332,6 +330,12 @@ class WorkerLauncher:
 
     # -- zygote ------------------------------------------------------------------------------
     def _start_zygote(self) -> None:
+        with self._starting_zygote:
+            if self._closed:
+                raise EngineUnavailable("launcher is closed")
+            self._start_zygote_unlocked()
+
+    def _start_zygote_unlocked(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         # A forked process must not carry threads: keep numerical libraries single-threaded.
@@ -428,6 +432,8 @@ class WorkerLauncher:
             try:
                 self._start_zygote()
             except (OSError, EngineUnavailable, ValueError) as exc:
+                if self._closed:
+                    return
                 LOGGER.error("restarting the worker fork server failed (%d): %s", attempt, exc)
                 time.sleep(delay)
                 delay *= 4
@@ -537,6 +543,12 @@ class WorkerLauncher:
             self._closed = True
             self._starting = False
         self._start_requested.set()  # a deferred start that never came ends its thread
+        # A fork server being started now is waited for, so that it is shut down below; none
+        # starts after this (_start_zygote sees the launcher closed).
+        if self._starting_zygote.acquire(timeout=_SPAWN_TIMEOUT):
+            self._starting_zygote.release()
+        else:
+            LOGGER.warning("closing while the worker fork server is still starting")
         with self._lock:
             warm, self._warm = list(self._warm), collections.deque()
             self._changed.notify_all()

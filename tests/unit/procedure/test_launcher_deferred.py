@@ -6,8 +6,11 @@ failing."""
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import psutil
+import pytest
 
 from ska_oso_oet.procedure.launcher import WorkerLauncher
 
@@ -78,3 +81,22 @@ def test_closing_before_start_ends_a_waiting_spawn_and_starts_nothing() -> None:
     assert not thread.is_alive() and errors and "closed" in str(errors[0])
     launcher.start()  # after close: nothing
     assert {p.pid for p in _zygotes()} == before
+
+
+def test_closing_while_the_fork_server_starts_waits_for_it_and_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() during the fork server's start (here: a preload that takes a while) must not
+    return before that fork server is gone, and no start may follow."""
+    (tmp_path / "oet_slow_preload.py").write_text("import time\ntime.sleep(1.0)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    before = {p.pid for p in _zygotes()}
+    launcher = WorkerLauncher(preload_modules=("oet_slow_preload",), warm_workers=1, start=False)
+    launcher.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not {p.pid for p in _zygotes()} - before:  # its fork server is importing
+        assert time.monotonic() < deadline, "the fork server was not started"
+        time.sleep(0.01)
+    launcher.close()
+    assert {p.pid for p in _zygotes()} == before
+    assert not launcher.healthy
