@@ -86,17 +86,29 @@ def test_closing_before_start_ends_a_waiting_spawn_and_starts_nothing() -> None:
 def test_closing_while_the_fork_server_starts_waits_for_it_and_ends_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """close() during the fork server's start (here: a preload that takes a while) must not
+    """close() during the fork server's start (here: a preload that waits for a file) must not
     return before that fork server is gone, and no start may follow."""
-    (tmp_path / "oet_slow_preload.py").write_text("import time\ntime.sleep(1.0)\n")
+    go_on = tmp_path / "go-on"
+    (tmp_path / "oet_held_preload.py").write_text(
+        "import pathlib, time\n"
+        f"deadline = time.monotonic() + {TIMEOUT}\n"
+        f"while not pathlib.Path({str(go_on)!r}).exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+    )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     before = {p.pid for p in _zygotes()}
-    launcher = WorkerLauncher(preload_modules=("oet_slow_preload",), warm_workers=1, start=False)
+    launcher = WorkerLauncher(preload_modules=("oet_held_preload",), warm_workers=1, start=False)
     launcher.start()
     deadline = time.monotonic() + TIMEOUT
     while not {p.pid for p in _zygotes()} - before:  # its fork server is importing
         assert time.monotonic() < deadline, "the fork server was not started"
         time.sleep(0.01)
-    launcher.close()
+    closing = threading.Thread(target=launcher.close)
+    closing.start()
+    closing.join(0.2)
+    assert closing.is_alive(), "close() returned while a fork server was still starting"
+    go_on.touch()
+    closing.join(TIMEOUT)
+    assert not closing.is_alive()
     assert {p.pid for p in _zygotes()} == before
     assert not launcher.healthy
