@@ -53,17 +53,26 @@ def test_a_server_started_before_the_database_registers_its_devices_and_reports_
         processes.stop()
 
 
+def _database_then_server(
+    tmp_path: Path, processes: stack.Stack, env: dict[str, str], hold: bool = False
+) -> stack.ChildProcess:
+    """A database, then a device server serving oso/oet/1 against it (``env`` gets its
+    TANGO_HOST); both are added to ``processes``."""
+    database, port = stack.start_database(tmp_path, "127.0.0.1", 0, env)
+    processes.add(stack.DATABASE, database)
+    env["TANGO_HOST"] = f"127.0.0.1:{port}"
+    server = stack.start_device_server(
+        tmp_path, "127.0.0.1", env, register=_properties(tmp_path, ["oso/oet/1"]), hold=hold
+    )
+    processes.add(stack.SERVER, server)
+    return server
+
+
 def test_a_device_the_server_does_not_serve_is_named(tmp_path: Path) -> None:
     processes = stack.Stack()
     env = stack.child_environment({**os.environ, "OET_WARM_WORKERS": "0"})
     try:
-        database, port = stack.start_database(tmp_path, "127.0.0.1", 0, env)
-        processes.add(stack.DATABASE, database)
-        env["TANGO_HOST"] = f"127.0.0.1:{port}"
-        server = stack.start_device_server(
-            tmp_path, "127.0.0.1", env, register=_properties(tmp_path, ["oso/oet/1"])
-        )
-        processes.add(stack.SERVER, server)
+        server = _database_then_server(tmp_path, processes, env)
         with pytest.raises(RuntimeError, match="does not serve oso/oet/3"):
             stack.wait_for_devices(env["TANGO_HOST"], ["oso/oet/1", "oso/oet/3"], server, tmp_path)
     finally:
@@ -92,13 +101,7 @@ def test_a_held_server_starts_its_fork_server_once_released(tmp_path: Path) -> N
     processes = stack.Stack()
     env = stack.child_environment({**os.environ, "OET_WARM_WORKERS": "1"})
     try:
-        database, port = stack.start_database(tmp_path, "127.0.0.1", 0, env)
-        processes.add(stack.DATABASE, database)
-        env["TANGO_HOST"] = f"127.0.0.1:{port}"
-        server = stack.start_device_server(
-            tmp_path, "127.0.0.1", env, register=_properties(tmp_path, ["oso/oet/1"]), hold=True
-        )
-        processes.add(stack.SERVER, server)
+        server = _database_then_server(tmp_path, processes, env, hold=True)
         stack.wait_for_devices(env["TANGO_HOST"], ["oso/oet/1"], server, tmp_path)
         assert _fork_servers(server) == [], "held: no fork server yet"
         server.release()
