@@ -490,13 +490,18 @@ class TangoDeviceClient(DeviceClient):
                     return int(code), str(message)
         return None
 
-    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+    def _connected_proxy(self) -> Any:
+        """The device's proxy; the 503 of every request while it is not connected."""
         proxy = self._proxy
         if proxy is None:
             raise GatewayError(
                 errors.DEVICE_UNREACHABLE,
                 f"The OET device {self.device} cannot be reached: {self._connect_error}",
             )
+        return proxy
+
+    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        proxy = self._connected_proxy()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, partial(func, proxy, *args))
@@ -625,9 +630,13 @@ class TangoDeviceClient(DeviceClient):
         return (await self.procedures_snapshot()).summaries
 
     def cached_procedures(self) -> Snapshot | None:
-        return self.listing.current()
+        # Not before the connect has ended: the list's subscription delivers a value while
+        # the connect still confirms the event channel, and a 200 for the list then would
+        # claim a device that every other request still answers 503 for.
+        return self.listing.current() if self._proxy is not None else None
 
     async def procedures_snapshot(self) -> Snapshot:
+        self._connected_proxy()  # the list's copy is not served before the connect ends
         listing = self.listing
         current = listing.current()
         if current is None and listing.pending:

@@ -146,6 +146,27 @@ def test_calls_before_the_device_is_reached_are_503():
     assert asyncio.run(scenario()).code == errors.DEVICE_UNREACHABLE
 
 
+def test_the_list_is_not_served_while_the_connect_still_confirms_the_event_channel():
+    """The ``procedures`` subscription delivers its value before the connect ends: until it
+    ends the list is 503 like every other request, then the value is served as it came."""
+
+    async def scenario():
+        client = TangoDeviceClient("oso/oet/1", EventHub())
+        client.listing.on_value(json.dumps([SUMMARY]))  # the subscription's first value
+        try:
+            assert client.cached_procedures() is None
+            with pytest.raises(GatewayError) as caught:
+                await client.procedures_snapshot()
+            assert caught.value.code == errors.DEVICE_UNREACHABLE
+            client._proxy = FakeProxy({})  # the connect has ended
+            assert client.cached_procedures().summaries == [SUMMARY]
+            return await client.list_procedures()
+        finally:
+            await client.close()
+
+    assert asyncio.run(scenario()) == [SUMMARY]
+
+
 def test_change_events_reach_the_hub_and_error_events_do_not():
     async def scenario():
         hub = EventHub()
