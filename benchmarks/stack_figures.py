@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -45,16 +46,22 @@ def _free_port() -> int:
 
 class SpawnedStack:
     """One ``oet-stack --subarrays N`` with the product defaults, timed from spawn to the first
-    200 of ``GET /procedures``."""
+    200 of ``GET /procedures``.
+
+    Its REST port is picked here, so that the first 200 can be polled from the spawn on
+    (``oet-stack`` binds it before it starts any child, so none of its own processes can take
+    it); the database's port is left to the database (a port picked here could be taken by the
+    device server's ephemeral ports before the database binds it), and read from the stack's
+    output (:attr:`tango_host`)."""
 
     def __init__(self, subarrays: int):
         self.subarrays = subarrays
         self._tmp = tempfile.TemporaryDirectory(prefix="oet-bench-spawn-")
         self.folder = Path(self._tmp.name)
-        self.db_port, self.rest_port = _free_port(), _free_port()
-        self.tango_host = f"127.0.0.1:{self.db_port}"
+        self.rest_port = _free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}/api/v1.0"
         self.process: subprocess.Popen[bytes] | None = None
+        self._tango_host: str | None = None
 
     def start(self, timeout: float = 120.0) -> float:
         """Spawn it; seconds until the first 200."""
@@ -62,7 +69,7 @@ class SpawnedStack:
         command = [
             sys.executable, "-m", "ska_oso_oet.stack", "--subarrays", str(self.subarrays),
             "--data-dir", str(self.folder / "stack"), "--scripts", str(SCRIPTS),
-            "--port", str(self.db_port), "--rest-port", str(self.rest_port),
+            "--rest-port", str(self.rest_port),
             "--rest-host", "127.0.0.1",
         ]  # fmt: skip
         began = time.perf_counter()
@@ -81,6 +88,22 @@ class SpawnedStack:
                     tail = (self.folder / "stack.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"oet-stack did not answer 200:\n{tail}")
                 time.sleep(0.005)  # polling a port that is not open yet: fails at once
+
+    @property
+    def tango_host(self) -> str:
+        """``HOST:PORT`` of its database, as the stack printed it once it was up."""
+        if self._tango_host is None:
+            deadline = time.monotonic() + 60
+            while True:
+                text = (self.folder / "stack.log").read_text(errors="replace")
+                found = re.search(r"^TANGO_HOST=(\S+)$", text, re.MULTILINE)
+                if found:
+                    self._tango_host = found.group(1)
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"oet-stack printed no TANGO_HOST:\n{text[-3000:]}")
+                time.sleep(0.01)  # it prints it right after its own first 200
+        return self._tango_host
 
     def processes(self) -> list[psutil.Process]:
         assert self.process is not None

@@ -126,6 +126,9 @@ class StackContext:
     env: dict[str, str]
     #: set once the stack is stopping: a service's start-up wait should give up on it
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: what each service's ``reserve`` claimed before any child started, by service name
+    #: (the gateway: its listening socket); held by ``oet-stack`` for as long as it runs
+    reserved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tango_host(self) -> str:
@@ -138,12 +141,18 @@ class StackContext:
         return guarded(command)
 
     def start_child(
-        self, module: str, args: Sequence[str], stdout: Any, preload: Sequence[str] = ()
+        self,
+        module: str,
+        args: Sequence[str],
+        stdout: Any,
+        preload: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
     ) -> ChildProcess:
         """Start ``python -m module args`` for a service at once, even before the database
         listens: it imports ``preload`` and ``module`` meanwhile and runs once it has
-        ``TANGO_HOST`` (see :mod:`.stack_child`); it dies with ``oet-stack``."""
-        process = spawn_child(module, args, stdout, self.env, preload)
+        ``TANGO_HOST`` (see :mod:`.stack_child`); it dies with ``oet-stack``. ``pass_fds``:
+        descriptors it inherits (e.g. a listening socket ``reserve`` made)."""
+        process = spawn_child(module, args, stdout, self.env, preload, pass_fds=pass_fds)
         self.address.hand_to(process)
         return process
 
@@ -161,6 +170,10 @@ class Service:
     start: ServiceStarter
     #: adds the service's options to the ``oet-stack`` parser
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    #: claims what the service must own before any child of the stack starts (the gateway's
+    #: port: a child's own ephemeral ports could take it otherwise), from the options;
+    #: RuntimeError says why it cannot. Its result is ``StackContext.reserved[name]``.
+    reserve: Callable[[argparse.Namespace], Any] = lambda options: None
 
 
 #: Extra services of the stack, started in order. The REST gateway adds itself here.
@@ -185,7 +198,14 @@ def child_environment(environ: Any) -> dict[str, str]:
 def _register_gateway() -> None:
     from .rest import stack_service  # light: no FastAPI or Tango import
 
-    register_service(Service("oet-gateway", stack_service.start, stack_service.add_arguments))
+    register_service(
+        Service(
+            stack_service.SERVICE_NAME,
+            stack_service.start,
+            stack_service.add_arguments,
+            stack_service.reserve,
+        )
+    )
 
 
 _register_gateway()
@@ -357,10 +377,11 @@ def spawn_child(
     env: dict[str, str],
     preload: Sequence[str] = (),
     ready: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> ChildProcess:
     """Start ``python -m module args`` through :mod:`.stack_child` (guarded by itself, see
     :func:`.stack_child.guard`: no second interpreter; its own session); ``ready``: with a
-    readiness pipe (:meth:`ChildProcess.wait_ready`)."""
+    readiness pipe (:meth:`ChildProcess.wait_ready`); ``pass_fds``: descriptors it inherits."""
     command = [sys.executable, "-m", "ska_oso_oet.stack_child", "--parent", str(os.getpid())]
     if preload:
         command += ["--preload", ",".join(preload)]
@@ -376,7 +397,7 @@ def spawn_child(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            pass_fds=[write_end] if write_end is not None else [],
+            pass_fds=[*pass_fds, *([write_end] if write_end is not None else [])],
         )
     except BaseException:
         for fd in (read_end, write_end):
@@ -827,6 +848,9 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     env = child_environment(os.environ)
     address = TangoHost(f"{options.host}:{options.port}" if options.port else None)
     devices = load_devices(options.config, options.subarrays)  # a bad file: nothing started
+    # Before any child: a port a service listens on is the stack's from here on (a taken one
+    # stops the start now, with nothing started).
+    reserved = {service.name: service.reserve(options) for service in SERVICES}
     # The children first: the rest is quick next to their imports.
     db_process = spawn_database(data_dir, options.host, options.port, env)
     stack.add(DATABASE, db_process)
@@ -838,7 +862,7 @@ def start(options: argparse.Namespace, stack: Stack) -> StackContext:
     address.hand_to(server, {"register": registration(properties)})
     seed_sbds(sb_store(options))  # in this thread (a thread of its own costs the parent RSS)
     names = list(devices)
-    context = StackContext(options, address, names, data_dir, env, stack.stopping)
+    context = StackContext(options, address, names, data_dir, env, stack.stopping, reserved)
     abandon = threading.Event()
     ready = _Outcome()
     db_log = data_dir / "databaseds.log"

@@ -60,11 +60,10 @@ class RunningStack:
     it as Ctrl-C does and checks that it exits 0 and leaves nothing behind."""
 
     def __init__(self, tmp_path: Path, *options: str, scripts: Path, subarrays: int = 1) -> None:
-        self.rest_port = free_port()
         command = [
             sys.executable, "-m", "ska_oso_oet.stack", "--subarrays", str(subarrays),
             "--data-dir", str(tmp_path / "data"), "--scripts", str(scripts),
-            "--rest-port", str(self.rest_port), "--restart-delay", "0.5", *options,
+            "--rest-port", "0", "--restart-delay", "0.5", *options,
         ]  # fmt: skip
         env = {**os.environ, "OET_WARM_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
@@ -77,11 +76,11 @@ class RunningStack:
             self.close(check=False)
             raise
         self.tango_host = next(ln.split("=", 1)[1] for ln in lines if ln.startswith("TANGO_HOST="))
-        self.url = f"http://127.0.0.1:{self.rest_port}/api/v1.0"
-        #: device -> the REST URL the stack printed for it
+        #: device -> the REST URL the stack printed for it (the port is the one it chose)
         self.rest_urls = {
             match.group(2): match.group(1) for match in map(_REST_LINE.search, lines) if match
         }
+        self.url = self.rest_urls.get("oso/oet/1")
 
     def child(self, marker: str) -> psutil.Process:
         """The stack's one live child process whose command line contains ``marker``."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +25,9 @@ from .settings import RestSettings
 
 #: The tags field of the gateway's log lines.
 LOG_TAGS = "service:oet-gateway"
+#: uvicorn's exit code when it could not start (e.g. its port is taken).
+STARTUP_FAILURE = 3
+LOGGER = logging.getLogger(__name__)
 
 _FLAGS = {
     "host": "OET_REST_HOST",
@@ -61,6 +66,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "needs authentication or --insecure-no-auth)",
     )
     parser.add_argument("--port", type=int, help="port to listen on [OET_REST_PORT] (default 5000)")
+    parser.add_argument(
+        "--fd",
+        type=int,
+        help="serve this inherited socket, bound already, instead of --host/--port (how "
+        "oet-stack hands over the port it holds)",
+    )
     parser.add_argument(
         "--device",
         help="Tango name of the OETDevice to front [OET_REST_DEVICE] (default oso/oet/1)",
@@ -137,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.hash_token:
         _print_token_entry(sys.stdin.readline().strip())
         return
+    inherited = None
+    if args.fd is not None:
+        if args.host is not None or args.port is not None:
+            sys.exit("oet-gateway: --fd serves a bound socket: give no --host or --port with it")
+        inherited = _inherited_socket(args.fd)
+        # the address actually served: the exposure check below must judge that one
+        args.host, args.port = inherited.getsockname()[:2]
     if args.insecure_no_auth:
         os.environ["OET_REST_INSECURE_NO_AUTH"] = "true"
     for name, variable in _FLAGS.items():
@@ -160,19 +178,42 @@ def main(argv: Sequence[str] | None = None) -> None:
             "(--insecure-no-auth): anyone who can reach it can run scripts",
             file=sys.stderr,
         )
-    uvicorn.run(
-        "ska_oso_oet.rest.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
         # SKA-format lines for everything, uvicorn's access and error logs included
-        log_config=logging_config(settings.log_level, tags=LOG_TAGS),
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-        proxy_headers=True,
+        "log_config": logging_config(settings.log_level, tags=LOG_TAGS),
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        "proxy_headers": True,
         **uvicorn_options(),
+    }
+    if inherited is None:
+        uvicorn.run("ska_oso_oet.rest.app:create_app", **options)
+        return
+    server = uvicorn.Server(uvicorn.Config("ska_oso_oet.rest.app:create_app", **options))
+    LOGGER.info(
+        "serving http://%s:%d (socket %d, bound by the process that started this one)",
+        settings.host,
+        settings.port,
+        args.fd,
     )
+    server.run(sockets=[inherited])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    """The TCP socket behind descriptor ``fd`` (its family read from it)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        sys.exit(f"oet-gateway: --fd {fd} is no socket of this process: {exc}")
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        sys.exit(f"oet-gateway: --fd {fd} is not a TCP socket")
+    return sock
 
 
 def _print_token_entry(token: str) -> None:

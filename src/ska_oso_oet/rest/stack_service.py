@@ -1,11 +1,22 @@
 """The REST gateway as a service of ``oet-stack`` (see :mod:`ska_oso_oet.stack`).
 
-``oet-stack`` calls :func:`add_arguments` while building its parser and :func:`start` as it
-starts the database. The gateway runs as its own process (``python -m
-ska_oso_oet.rest.server``, started through :meth:`ska_oso_oet.stack.StackContext.start_child`,
-so that it imports while the database starts) fronting one device, and :func:`start` returns
-once it has reached that device, after printing the API's URL. Nothing here imports FastAPI or
-Tango, so ``oet-stack --help`` stays quick.
+``oet-stack`` calls :func:`add_arguments` while building its parser, :func:`reserve` before
+it starts any child, and :func:`start` as it starts the database. The gateway runs as its own
+process (``python -m ska_oso_oet.rest.server``, started through
+:meth:`ska_oso_oet.stack.StackContext.start_child`, so that it imports while the database
+starts) fronting one device, and :func:`start` returns once it has reached that device, after
+printing the API's URL. Nothing here imports FastAPI or Tango, so ``oet-stack --help`` stays
+quick.
+
+The REST port is bound by ``oet-stack`` itself (:func:`reserve`), before the database and the
+device server start, and every gateway it starts serves that socket (``--fd``):
+
+* a port that is taken stops ``oet-stack`` at once, saying so, with nothing started;
+* no child of the stack can take it meanwhile: the database's, the device server's and their
+  event channels' ports are ephemeral ones, the range a ``--rest-port`` picked as free may
+  come from (a gateway binding last could find its port gone);
+* a restarted gateway serves the same port, and nobody else can take it while it restarts:
+  requests made in between wait in the socket's queue instead of being refused.
 """
 
 from __future__ import annotations
@@ -13,16 +24,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
 START_TIMEOUT = 60.0
+#: The name ``oet-stack`` knows the gateway by (its ``reserved`` entry, its log lines).
+SERVICE_NAME = "oet-gateway"
 MODULE = "ska_oso_oet.rest.server"
 #: What the gateway imports before it has TANGO_HOST: its app and tango (its first connection).
 PRELOAD = ("tango", "ska_oso_oet.rest.app")
-_RUNNING = "Uvicorn running on "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,42 +59,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-rest", action="store_true", help="do not start the REST gateway")
 
 
+def reserve(options: argparse.Namespace) -> socket.socket | None:
+    """Bind the REST port for the stack (``--rest-port 0``: a free one, then set in
+    ``options``); not listening yet, so that connecting is refused until a gateway serves it.
+
+    :raises RuntimeError: the address cannot be bound (taken, or not this machine's)
+    """
+    if getattr(options, "no_rest", False):
+        return None
+    host = options.rest_host or options.host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, options.rest_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise RuntimeError(f"the REST API cannot listen on {host!r}: {exc}") from exc
+    try:
+        # as uvicorn's own bind: a restarted stack need not wait for old connections' TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(
+            f"the REST API cannot listen on {host}:{options.rest_port} ({exc.strerror or exc}); "
+            "choose another --rest-port (0: a free one)"
+        ) from exc
+    options.rest_port = sock.getsockname()[1]
+    return sock
+
+
 def start(context: Any) -> subprocess.Popen[bytes] | None:
     """Start ``oet-gateway`` for the stack and wait until it has reached its devices.
 
     The first device (or ``--rest-device``) is served at ``/api/v1.0``, the stack's other
     devices at ``/subarray/<n>/api/v1.0``.
 
-    :param context: the stack's ``StackContext`` (options, tango_host, devices, data_dir, env)
+    :param context: the stack's ``StackContext`` (options, tango_host, devices, data_dir, env,
+        and in ``reserved`` the socket :func:`reserve` bound)
     """
     options = context.options
     if getattr(options, "no_rest", False) or not context.devices:
         return None
-    host = options.rest_host or options.host
+    listening = context.reserved[SERVICE_NAME]
+    host, port = listening.getsockname()[:2]
     device = options.rest_device or context.devices[0]
     others = [d for d in context.devices if d != device]
     log_path = context.data_dir / "oet-gateway.log"
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    args = ["--host", host, "--port", str(options.rest_port), "--device", device]
+    args = ["--fd", str(listening.fileno()), "--device", device]
     if others:
         args += ["--devices", ",".join(others)]
     with log_path.open("ab") as log:
-        if hasattr(context, "start_child"):
-            # Started at once, while the database starts: it imports meanwhile (tango too,
-            # which its first connection needs) and runs once it has TANGO_HOST; it dies with
-            # oet-stack, however that dies.
-            process = context.start_child(MODULE, args, log, preload=PRELOAD)
-        else:
-            command = [sys.executable, "-m", MODULE, *args, "--tango-host", context.tango_host]
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=context.env,
-                start_new_session=True,
-            )  # fmt: skip
+        # Started at once, while the database starts: it imports meanwhile (tango too, which
+        # its first connection needs) and runs once it has TANGO_HOST; it dies with
+        # oet-stack, however that dies.
+        process = context.start_child(
+            MODULE, args, log, preload=PRELOAD, pass_fds=[listening.fileno()]
+        )
+    origin = f"http://{_url_host(host)}:{port}"
     stopping = getattr(context, "stopping", None)
     try:
-        origin = _wait_until_listening(process, log_path, offset, stopping)
-        if options.rest_port == 0:  # a restarted gateway listens where this one does
-            options.rest_port = int(origin.rsplit(":", 1)[1])
         urls = {device: f"{origin}/api/v1.0"}
         for other in others:
             urls[other] = f"{origin}{subarray_prefix(other)}/api/v1.0"
@@ -104,6 +140,13 @@ def subarray_prefix(device: str) -> str:
     return f"/subarray/{match.group(1) if match else re.sub(r'[^A-Za-z0-9_-]+', '-', device)}"
 
 
+def _url_host(host: str) -> str:
+    """``host`` as a client on this machine reaches it (any address: loopback)."""
+    if host in ("0.0.0.0", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
 def _check(process: subprocess.Popen[bytes], log_path: Any, deadline: float, stopping: Any) -> None:
     if stopping is not None and stopping.is_set():  # oet-stack is shutting down
         raise RuntimeError("oet-gateway start-up abandoned: oet-stack is stopping")
@@ -111,19 +154,6 @@ def _check(process: subprocess.Popen[bytes], log_path: Any, deadline: float, sto
         raise RuntimeError(f"oet-gateway exited with code {process.returncode}; see {log_path}")
     if time.monotonic() > deadline:
         raise RuntimeError(f"oet-gateway not ready within {START_TIMEOUT} s; see {log_path}")
-
-
-def _wait_until_listening(
-    process: subprocess.Popen[bytes], log_path: Any, offset: int, stopping: Any = None
-) -> str:
-    """``http://host:port`` once uvicorn says it listens."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        _check(process, log_path, deadline, stopping)
-        text = log_path.read_bytes()[offset:].decode(errors="replace")
-        if _RUNNING in text:
-            return text.split(_RUNNING, 1)[1].split()[0].replace("://0.0.0.0:", "://localhost:")
-        time.sleep(0.01)  # waiting for a child process's start-up line
 
 
 def _wait_until_connected(

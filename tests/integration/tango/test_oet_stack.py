@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +20,9 @@ import psutil
 import pytest
 import tango
 
-from ska_oso_oet.stack import EXIT_DATABASE_DIED
+from ska_oso_oet.stack import EXIT_DATABASE_DIED, EXIT_START_FAILED
 from tests.support.lrc_client import LrcClient
-from tests.support.oet_stack import START_TIMEOUT, OutputReader, RunningStack, free_port
+from tests.support.oet_stack import START_TIMEOUT, OutputReader, RunningStack
 from tests.support.tango_events import close_hubs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -48,7 +49,7 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         "--scripts",
         str(scripts),
         "--rest-port",
-        str(free_port()),
+        "0",
     ]
     env = {**os.environ, "OET_WARM_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -101,6 +102,27 @@ def test_oet_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
             with contextlib.suppress(psutil.Error):
                 child.kill()
         process.stdout.close()
+
+
+def test_a_taken_rest_port_stops_the_stack_at_once_with_nothing_started(tmp_path: Path) -> None:
+    """The REST port is the stack's before any child starts: a taken one is said at once (not
+    after the database and device server came up and the gateway failed to bind)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ska_oso_oet.stack", "--data-dir", str(tmp_path / "data"),
+             "--rest-port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == EXIT_START_FAILED, done.stderr
+    assert (
+        f"cannot start: the REST API cannot listen on 127.0.0.1:{port} (Address already in use);"
+        " choose another --rest-port (0: a free one)"
+    ) in done.stderr
+    assert done.stdout.splitlines() == ["oet-stack stopped"]
+    assert not (tmp_path / "data" / "databaseds.log").exists()  # no child was started
 
 
 # ----- supervision ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -254,6 +255,44 @@ class TestSecureByDefault:
     def test_explicit_insecure_flag_is_served_with_a_warning(self, monkeypatch, capsys):
         self._run(monkeypatch, ["--host", "0.0.0.0", "--insecure-no-auth"])
         assert "WITHOUT AUTHENTICATION" in capsys.readouterr().err
+
+    def test_an_inherited_socket_is_judged_by_the_address_it_is_bound_to(self, monkeypatch):
+        """``--fd`` (how oet-stack hands over its port): no --host to trust, the socket's own
+        address decides, so a socket bound to every interface still needs authentication."""
+        with socket.socket() as exposed, socket.socket() as local:
+            exposed.bind(("0.0.0.0", 0))
+            local.bind(("127.0.0.1", 0))
+            with pytest.raises(SystemExit) as caught:
+                self._run(monkeypatch, ["--fd", str(os.dup(exposed.fileno()))])
+            assert "refusing to listen on 0.0.0.0 without authentication" in str(caught.value)
+            served: list[tuple[dict, list]] = []
+
+            class Server:  # uvicorn's, as far as main() uses it (no logging set up here)
+                started = True
+
+                def __init__(self, config):
+                    self.config = config
+
+                def run(self, sockets):
+                    served.append((self.config, sockets))
+
+            monkeypatch.setattr(server.uvicorn, "Config", lambda app, **options: options)
+            monkeypatch.setattr(server.uvicorn, "Server", Server)
+            self._run(monkeypatch, ["--fd", str(os.dup(local.fileno()))])
+            ((config, sockets),) = served
+            assert config["port"] == local.getsockname()[1] == sockets[0].getsockname()[1]
+            sockets[0].close()
+
+    @pytest.mark.parametrize(
+        "argv, message",
+        [
+            (["--fd", "3", "--port", "8000"], "give no --host or --port"),
+            (["--fd", "999"], "--fd 999 is no socket of this process"),
+        ],
+    )
+    def test_a_bad_inherited_socket_stops_the_start(self, monkeypatch, argv, message):
+        with pytest.raises(SystemExit, match=message):
+            self._run(monkeypatch, argv)
 
     def test_auth_configured_is_served(self, monkeypatch, tokens_file):
         self._run(monkeypatch, ["--host", "0.0.0.0", "--auth-tokens-file", str(tokens_file)])
