@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,12 +46,6 @@ class OutputReader:
             ):
                 raise AssertionError(f"oet-stack did not print {marker!r}; got {self.lines}")
             return list(self.lines)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RunningStack:
