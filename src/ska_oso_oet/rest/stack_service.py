@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reserve(options: argparse.Namespace) -> socket.socket | None:
-    """Bind the REST port for the stack (``--rest-port 0``: a free one, then set in
-    ``options``); not listening yet, so that connecting is refused until a gateway serves it.
+    """Bind the REST port for the stack (``--rest-port 0``: a free one); not listening yet, so
+    that connecting is refused until a gateway serves it.
 
     :raises RuntimeError: the address cannot be bound (taken, or not this machine's)
     """
@@ -85,7 +85,6 @@ def reserve(options: argparse.Namespace) -> socket.socket | None:
             f"the REST API cannot listen on {host}:{options.rest_port} ({exc.strerror or exc}); "
             "choose another --rest-port (0: a free one)"
         ) from exc
-    options.rest_port = sock.getsockname()[1]
     return sock
 
 
