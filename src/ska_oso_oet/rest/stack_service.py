@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -116,13 +117,12 @@ def start(context: Any) -> subprocess.Popen[bytes] | None:
             MODULE, args, log, preload=PRELOAD, pass_fds=[listening.fileno()]
         )
     origin = f"http://{_url_host(host)}:{port}"
-    stopping = getattr(context, "stopping", None)
     try:
         urls = {device: f"{origin}/api/v1.0"}
         for other in others:
             urls[other] = f"{origin}{subarray_prefix(other)}/api/v1.0"
         for url in urls.values():
-            _wait_until_connected(process, log_path, url, stopping)
+            _wait_until_connected(process, log_path, url, context.stopping)
     except BaseException:
         process.terminate()
         process.wait(10)
@@ -146,17 +146,8 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _check(process: subprocess.Popen[bytes], log_path: Any, deadline: float, stopping: Any) -> None:
-    if stopping is not None and stopping.is_set():  # oet-stack is shutting down
-        raise RuntimeError("oet-gateway start-up abandoned: oet-stack is stopping")
-    if process.poll() is not None:
-        raise RuntimeError(f"oet-gateway exited with code {process.returncode}; see {log_path}")
-    if time.monotonic() > deadline:
-        raise RuntimeError(f"oet-gateway not ready within {START_TIMEOUT} s; see {log_path}")
-
-
 def _wait_until_connected(
-    process: subprocess.Popen[bytes], log_path: Any, url: str, stopping: Any = None
+    process: subprocess.Popen[bytes], log_path: Any, url: str, stopping: threading.Event
 ) -> None:
     """Until ``GET {url}/procedures`` answers 200: the gateway has reached that device."""
     import urllib.error  # here: the oet-stack parent needs it only while it starts
@@ -164,7 +155,12 @@ def _wait_until_connected(
 
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        _check(process, log_path, deadline, stopping)
+        if stopping.is_set():  # oet-stack is shutting down
+            raise RuntimeError("oet-gateway start-up abandoned: oet-stack is stopping")
+        if process.poll() is not None:
+            raise RuntimeError(f"oet-gateway exited with code {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"oet-gateway not ready within {START_TIMEOUT} s; see {log_path}")
         try:
             with urllib.request.urlopen(f"{url}/procedures", timeout=5):
                 return
